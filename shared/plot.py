@@ -1,0 +1,50 @@
+"""PNG plots of a run's curves (matplotlib, no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_metrics(metrics_path, out, keys=None, title: str | None = None) -> Path:
+    """One panel per metric (every numeric key but step/time, or ``keys``), against step.
+
+    Rows lacking a key (e.g. validation every N steps) are skipped for that panel.
+    """
+    from .run import read_metrics
+
+    rows = read_metrics(metrics_path)
+    if not rows:
+        raise ValueError(f"{metrics_path} holds no metrics to plot")
+    if keys is None:
+        keys = []
+        for row in rows:
+            for k, v in row.items():
+                if k not in ("step", "time") and isinstance(v, (int, float)) and k not in keys:
+                    keys.append(k)
+    if not keys:
+        raise ValueError(f"{metrics_path} has no numeric metric besides step and time")
+    cols = min(3, len(keys))
+    nrows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker="." if len(pts) < 40 else None)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
