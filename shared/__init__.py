@@ -28,6 +28,9 @@ data (deterministic, resumable batch sampler)
     EpochSampler
 bench (CUDA-synchronised timers, peak memory, paper-vs-ours tables)
     Timer, time_fn, PeakMemory, hardware_info, write_table
+text_corpus (token corpora for the language-model papers: the Python standard library's source
+by default, or nanoGPT .bin files / text files by path)
+    load_corpus, Corpus, CorpusError
 
 Further modules, imported on their own because they pull in heavier dependencies, are listed in
 the README (e.g. ``shared.export``).
@@ -46,8 +49,9 @@ from .dist import (DistEnv, SpawnError, barrier, free_port, init_distributed, is
 from .plot import plot_metrics
 from .run import Progress, RunDir, check_finite, get_logger, log0, read_metrics
 from .seeding import RNGStreams, capture_rng_state, restore_rng_state, seed_everything
+from .text_corpus import Corpus, CorpusError, load_corpus
 from .topology import (MODES, Group, Topology, build_topology, check_world, coordinates, grid_rank,
                        grid_shape, group_members, single_group)
 
 __all__ = [name for name in dir() if not name.startswith("_") and name not in {
-    "bench", "checkpoint", "comm", "config", "data", "dist", "plot", "run", "seeding", "topology"}]
+    "bench", "checkpoint", "comm", "config", "data", "dist", "plot", "run", "seeding", "text_corpus", "topology"}]

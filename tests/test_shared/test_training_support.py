@@ -1,0 +1,116 @@
+"""Seeding streams, run directory (metrics, plot), NaN guard, bench helpers, table writer."""
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import shared
+from shared import PeakMemory, Progress, RNGStreams, RunDir, read_metrics, time_fn, write_table
+
+
+def test_replicated_streams_agree_across_ranks_and_sharded_ones_differ():
+    a, b = RNGStreams(seed=7, grid_rank=0), RNGStreams(seed=7, grid_rank=1)
+    drop = nn.Dropout(0.5)
+    x = torch.ones(64)
+    with a.fork("replicated"):
+        ra = drop(x)
+    with b.fork("replicated"):
+        rb = drop(x)
+    with a.fork("sharded"):
+        sa = drop(x)
+    with b.fork("sharded"):
+        sb = drop(x)
+    assert torch.equal(ra, rb)
+    assert not torch.equal(sa, sb)
+    # another data-parallel replica draws other replicated masks
+    c = RNGStreams(seed=7, grid_rank=0, data_rank=1)
+    with c.fork("replicated"):
+        rc = drop(x)
+    assert not torch.equal(ra, rc)
+
+
+def test_fork_leaves_the_default_generator_alone_and_streams_advance():
+    s = RNGStreams(seed=3)
+    torch.manual_seed(11)
+    expected = torch.rand(4)
+    torch.manual_seed(11)
+    with s.fork("sharded"):
+        first = torch.rand(4)
+    assert torch.equal(torch.rand(4), expected)
+    with s.fork("sharded"):
+        second = torch.rand(4)
+    assert not torch.equal(first, second)
+    with pytest.raises(KeyError, match="no RNG stream 'tensor'"):
+        with s.fork("tensor"):
+            pass
+
+
+def test_run_dir_writes_config_metrics_checkpoint_and_plot(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass
+    class C:
+        lr: float = 0.1
+
+    run = RunDir(tmp_path / "runs", C(), name="r1", is_main=True)
+    for step in range(5):
+        run.log(step, loss=1.0 / (step + 1), lr=torch.tensor(0.1))
+        if step % 2 == 0:
+            run.log(step, val_loss=2.0 / (step + 1))
+    assert json.loads((run.path / "config.json").read_text()) == {"lr": 0.1}
+    rows = read_metrics(run.metrics_path)
+    assert len(rows) == 8 and rows[0]["loss"] == 1.0 and isinstance(rows[0]["lr"], float)
+    run.save({"step": 4})
+    assert shared.load_checkpoint(run.checkpoint_path)["step"] == 4
+    png = run.plot()
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_non_main_ranks_write_nothing(tmp_path):
+    run = RunDir(tmp_path / "runs", None, name="r", is_main=False)
+    run.log(0, loss=1.0)
+    assert run.save({"a": 1}) is None and not (tmp_path / "runs").exists()
+
+
+def test_nan_loss_stops_with_a_clear_error():
+    shared.check_finite(1.5, step=3)
+    with pytest.raises(FloatingPointError, match="loss became nan at step 7; lower the learning rate"):
+        shared.check_finite(math.nan, step=7)
+
+
+def test_progress_reports_throughput():
+    bar = Progress(3, desc="t", unit_name="img", enabled=False)
+    for _ in range(3):
+        bar.update(items=10, loss=0.5)
+    assert bar.items == 30 and bar.throughput > 0
+    bar.close()
+
+
+def test_peak_memory_sees_a_large_allocation():
+    with PeakMemory("cpu") as small:
+        torch.ones(10)
+    with PeakMemory("cpu") as big:
+        x = torch.ones(64 * 2 ** 20 // 4)  # 64 MiB, touched
+        x += 1
+        del x
+    assert big.delta_bytes >= 48 * 2 ** 20, big.delta_bytes
+    assert small.delta_bytes < big.delta_bytes
+
+
+def test_time_fn_counts_calls():
+    calls = []
+    stats = time_fn(lambda: calls.append(1), warmup=2, repeat=3)
+    assert len(calls) == 5 and stats["repeat"] == 3 and stats["min"] <= stats["median"]
+
+
+def test_write_table_has_header_and_rows(tmp_path):
+    rows = [{"model": "a", "paper": 87.0, "ours": 12.3456789}, {"model": "b", "paper": None, "ours": 1e9}]
+    csv_path, md_path = write_table(tmp_path / "res" / "t", rows, "Table 1", command="make x",
+                                    seed=3, notes=["paper: Table 1 of arXiv 0000.00000"])
+    md = md_path.read_text()
+    assert md.startswith("# Table 1") and "`make x`" in md and "seed: 3" in md
+    assert "hardware:" in md and "| model | paper | ours |" in md and "| a | 87 | 12.35 |" in md
+    assert csv_path.read_text().splitlines()[0] == "model,paper,ours"
