@@ -72,6 +72,7 @@ def comm_stats() -> dict[tuple[str, str], dict[str, float]]:
 
 
 def reset_comm_stats() -> None:
+    """Zero every communication counter."""
     _STATS.clear()
 
 

@@ -104,6 +104,7 @@ def _unknown(key: str, valid) -> ConfigError:
 
 
 def help_text(cls, presets: dict | None = None) -> str:
+    """The ``--help`` text: every key with its type and default, and the preset names."""
     lines = [f"{cls.__name__} options (--key value):"]
     for name, (tp, default) in config_fields(cls).items():
         tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
@@ -175,6 +176,7 @@ def parse_config(cls, presets: dict | None = None, argv: list[str] | None = None
 
 
 def config_to_dict(cfg) -> dict:
+    """The config as a plain dict (what ``save_config`` writes)."""
     return dataclasses.asdict(cfg)
 
 

@@ -106,10 +106,12 @@ def teardown() -> None:
 
 
 def is_main_process() -> bool:
+    """True on rank 0, and in a process without a process group."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 

@@ -16,32 +16,35 @@ ROOT = Path(__file__).resolve().parent.parent
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "runs", ".pytest_cache")
 
 
-def export(paper: str, dest) -> Path:
-    src = ROOT / paper
+def export(paper: str, dest, root=ROOT) -> Path:
+    """Copy ``paper`` (a package directory under ``root``) and its dependencies into ``dest``."""
+    root = Path(root).resolve()
+    src = root / paper
     if not (src / "__init__.py").is_file():
         raise ValueError(f"no paper package {paper!r} at {src}")
     dest = Path(dest).resolve()
     inside = {dest, *dest.parents}
-    if dest == ROOT or ROOT / paper in inside or ROOT / "shared" in inside:
+    if dest == root or root / paper in inside or root / "shared" in inside:
         raise ValueError(f"export destination {dest} is inside the repository; choose another")
     dest.mkdir(parents=True, exist_ok=True)
     for name in (paper, "shared"):
         target = dest / name
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(ROOT / name, target, ignore=_IGNORE)
-    tests = ROOT / "tests" / f"test_{paper}"
+        shutil.copytree(root / name, target, ignore=_IGNORE)
+    tests = root / "tests" / f"test_{paper}"
     if tests.is_dir():
         target = dest / "tests" / f"test_{paper}"
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(tests, target, ignore=_IGNORE)
         for extra in ("conftest.py",):
-            if (ROOT / "tests" / extra).is_file():
-                shutil.copy2(ROOT / "tests" / extra, dest / "tests" / extra)
-    shutil.copy2(ROOT / "requirements.txt", dest / "requirements.txt")
+            if (root / "tests" / extra).is_file():
+                shutil.copy2(root / "tests" / extra, dest / "tests" / extra)
+        (dest / "tests" / "__init__.py").touch()
+    shutil.copy2(root / "requirements.txt", dest / "requirements.txt")
     (dest / "tools").mkdir(exist_ok=True)
-    shutil.copy2(ROOT / "tools" / "check_system.sh", dest / "tools" / "check_system.sh")
+    shutil.copy2(root / "tools" / "check_system.sh", dest / "tools" / "check_system.sh")
     (dest / "README.md").write_text(
         f"# {paper} (exported)\n\nExported from the papers monorepo: the `{paper}` package and "
         f"the `shared` package it builds on.\n\n```\npython3 -m venv .venv\n"

@@ -3,10 +3,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def pyplot():
+    """matplotlib.pyplot with the file-only Agg backend (imported on first use: it is slow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def plot_metrics(metrics_path, out, keys=None, title: str | None = None) -> Path:
@@ -16,6 +21,7 @@ def plot_metrics(metrics_path, out, keys=None, title: str | None = None) -> Path
     """
     from .run import read_metrics
 
+    plt = pyplot()
     rows = read_metrics(metrics_path)
     if not rows:
         raise ValueError(f"{metrics_path} holds no metrics to plot")
