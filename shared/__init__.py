@@ -32,8 +32,27 @@ text_corpus (token corpora for the language-model papers: the Python standard li
 by default, or nanoGPT .bin files / text files by path)
     load_corpus, Corpus, CorpusError
 
-Further modules, imported on their own because they pull in heavier dependencies, are listed in
-the README (e.g. ``shared.export``).
+Modules imported on their own (``from shared import points``), for the papers that need them:
+
+points (batched point-cloud operations, each with a slow reference used by tests and bench)
+    farthest_point_sample, ball_query, knn, gather_points, group_points, three_interpolate,
+    square_distance, random_rotation, yaw_rotation, random_yaw_rotation, rotate,
+    normalize_unit_sphere, reference_farthest_point_sample, reference_ball_query,
+    reference_knn, reference_three_interpolate
+shapes (procedural categories with part labels and named keypoints; y up, deterministic by seed;
+``python -m shared.shapes --category chair --out chair.png``)
+    CATEGORIES, PART_NAMES, KEYPOINT_NAMES, Shape, make_shape, make_dataset, make_mesh
+scenes (indoor rooms with furniture, instance/class labels and oriented boxes;
+``python -m shared.scenes --seed 0 --out scene.png``)
+    Scene, make_scene, box_corners, points_in_boxes, yaw_matrix
+pcio (PLY/PCD/OFF/XYZ through open3d; ModelNet40, ShapeNet part, ShapeNetCore HDF5 through h5py)
+    read_points, write_points, read_mesh, write_mesh, read_h5, write_h5,
+    load_modelnet40_h5, load_shapenet_part_h5, load_shapenetcore_h5
+render (matplotlib pictures of point clouds coloured by label or score, keypoints, segments, boxes)
+    render_points, render_grid, box_edges
+tp1d (Megatron 1D tensor-parallel layers, the baseline of tensor_parallel/ and seqpar/)
+bench_points (``make bench-points``: point ops vs references and scipy's cKDTree)
+export (``make export-<paper> DEST=dir``: one paper plus shared/, runnable on its own)
 """
 from .bench import PeakMemory, Timer, hardware_info, time_fn, write_table
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
