@@ -1,0 +1,220 @@
+"""Optimus 2D (arXiv 2104.05343) and Tesseract 2.5D (arXiv 2105.14500) layers.
+
+Grid: ``q × q`` ranks per depth slice (2D: one slice; 2.5D: ``d`` slices). Rank ``(r, c)``:
+``row`` group = ranks with the same ``r`` (group rank ``c``), ``col`` group = same ``c`` (group
+rank ``r``); 2.5D adds ``dep`` (same ``(r, c)``, the ``d`` slices).
+
+Layouts (``N`` tokens, ``k`` in, ``n`` out; weights stored in×out as in the papers):
+
+* activation (r, c): batch chunk ``r`` (2.5D: chunk ``k·q + r`` of ``d·q``), hidden chunk ``c``
+  → [b/q, s, h/q] (2.5D [b/(dq), s, h/q]);
+* weight (r, c): W[r-th in-chunk, c-th out-chunk] → [k/q, n/q], identical in every depth slice;
+* bias, LayerNorm γ/β, embedding tables: the column-``c`` block [n/q] is split once more over
+  ``col`` ([n/q²] per rank) and all-gathered over ``col`` in the forward (backward:
+  reduce-scatter, which also sums the different batch chunks' contributions).
+
+2.5D is the paper's version: each depth slice runs 2D SUMMA on its own ``N/d`` tokens and every
+parameter is used through ``copy_to_group(·, dep)``, so its gradient is all-reduced over the
+depth axis (data-parallel-like). (ColossalAI's code splits the batch only over ``col`` and never
+touches ``dep``, so its slices duplicate work; see the brief.)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shared.comm import (all_gather, copy_to_group, raw_all_gather, raw_broadcast, raw_reduce,
+                         reduce_from_group)
+from shared.topology import Group
+
+
+@dataclass
+class Grid2D:
+    """The groups of a 2D (``dep`` None) or 2.5D grid, seen from one rank."""
+    row: Group
+    col: Group
+    dep: Group | None = None
+
+    @property
+    def q(self) -> int:
+        return self.row.size
+
+    @property
+    def r(self) -> int:
+        return self.col.rank
+
+    @property
+    def c(self) -> int:
+        return self.row.rank
+
+
+def _divisible(n: int, m: int, what: str, mode: str) -> int:
+    if n % m:
+        raise ValueError(f"{mode}: {what} = {n} is not divisible by {m}; choose {what} as a "
+                         f"multiple of {m} (e.g. {n + (-n) % m}) or a smaller grid")
+    return n // m
+
+
+def _use(p: torch.Tensor, grid: Grid2D) -> torch.Tensor:
+    """A parameter as seen by the forward: identity, and on 2.5D its gradient is all-reduced
+    over the depth slices (which hold identical copies trained on different tokens)."""
+    return copy_to_group(p, grid.dep) if grid.dep is not None else p
+
+
+def _value(p: torch.Tensor) -> torch.Tensor:
+    """Default ``pick`` of ``serial_state``: the parameter itself (``lambda p: p.grad`` for its
+    gradient, ``lambda p: opt.state[p]["exp_avg"]`` for an optimizer moment)."""
+    return p
+
+
+def _gather(t: torch.Tensor, dim: int, group: Group) -> torch.Tensor:
+    return raw_all_gather(t.detach(), dim, group)
+
+
+class _SummaAB(torch.autograd.Function):
+    """Y(r,c) = Σ_t X(r,t) · W(t,c) by q broadcast steps (SUMMA).
+
+    forward  step t: X(r,t) broadcast along ``row`` from c=t; W(t,c) along ``col`` from r=t.
+    backward dX(r,t) = Σ_c dY(r,c) W(t,c)ᵀ: broadcast W(t,c) along col, reduce to c=t along row.
+             dW(t,c) = Σ_r X(r,t)ᵀ dY(r,c): broadcast X(r,t) along row, reduce to r=t along col.
+    Per rank and Linear: 3(q−1)(N·k + k·n)/q² elements sent (the brief's cost model).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, row, col):
+        ctx.save_for_backward(x, w)
+        ctx.row, ctx.col = row, col
+        q = row.size
+        y = x.new_zeros(x.shape[:-1] + (w.shape[1],))                  # [b', s, n/q]
+        nxt = (raw_broadcast(x, 0, row, async_op=True), raw_broadcast(w, 0, col, async_op=True))
+        for t in range(q):                      # double buffering: post step t+1, compute step t
+            cur = nxt
+            if t + 1 < q:
+                nxt = (raw_broadcast(x, t + 1, row, async_op=True),
+                       raw_broadcast(w, t + 1, col, async_op=True))
+            y += torch.matmul(cur[0].wait(), cur[1].wait())
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        row, col = ctx.row, ctx.col
+        q = row.size
+        dy = dy.contiguous()
+        dy2 = dy.reshape(-1, dy.shape[-1])                                # [N', n/q]
+        x2 = x.reshape(-1, x.shape[-1])                                   # [N', k/q]
+        dx = dw = None
+        for t in range(q):
+            wt = raw_broadcast(w, t, col)                                 # W(t,c)  [k/q, n/q]
+            part = raw_reduce(torch.matmul(dy, wt.t()), t, row)           # → dX(r,t) on c=t
+            if row.rank == t:
+                dx = part
+        for t in range(q):
+            xt = raw_broadcast(x2, t, row)                                # X(r,t)  [N', k/q]
+            part = raw_reduce(torch.matmul(xt.t(), dy2), t, col)          # → dW(t,c) on r=t
+            if col.rank == t:
+                dw = part
+        return dx, dw, None, None
+
+
+def summa_matmul(x: torch.Tensor, w: torch.Tensor, grid: Grid2D) -> torch.Tensor:
+    """x [b', s, k/q] (hidden chunk c), w [k/q, n/q] → y [b', s, n/q] (hidden chunk c)."""
+    return _SummaAB.apply(x, w, grid.row, grid.col)
+
+
+def _block(full: torch.Tensor, i: int, j: int, q: int) -> torch.Tensor:
+    """Block (i, j) of a q×q partition of a 2-D tensor."""
+    a, b = full.shape[0] // q, full.shape[1] // q
+    return full[i * a:(i + 1) * a, j * b:(j + 1) * b].clone()
+
+
+def _sub(full: torch.Tensor, grid: Grid2D, dim: int = 0) -> torch.Tensor:
+    """Sub-chunk ``r`` of chunk ``c`` of ``dim`` (the [n/q²] piece rank (r, c) stores)."""
+    q = grid.q
+    n = full.shape[dim] // (q * q)
+    return full.narrow(dim, (grid.c * q + grid.r) * n, n).clone()
+
+
+def _unsub(local: torch.Tensor, grid: Grid2D, dim: int = 0) -> torch.Tensor:
+    """Inverse of :func:`_sub`: gather over col (sub-chunks), then over row (chunks)."""
+    return _gather(_gather(local, dim, grid.col), dim, grid.row)
+
+
+class Linear2D(nn.Module):
+    """``Y = X W + b`` on a 2D/2.5D grid: W block (r, c) [k/q, n/q]; bias piece [n/q²]."""
+
+    def __init__(self, linear: nn.Linear, grid: Grid2D, mode: str = "2d"):
+        super().__init__()
+        q = grid.q
+        self.grid, self.in_features, self.out_features = grid, linear.in_features, linear.out_features
+        _divisible(linear.in_features, q, "in_features", mode)
+        _divisible(linear.out_features, q, "out_features", mode)
+        w = linear.weight.detach().t()                                    # [k, n]
+        self.weight = nn.Parameter(_block(w, grid.r, grid.c, q))          # [k/q, n/q]
+        self.bias = None
+        if linear.bias is not None:
+            _divisible(linear.out_features, q * q, "out_features (bias split over q²)", mode)
+            self.bias = nn.Parameter(_sub(linear.bias.detach(), grid))    # [n/q²]
+
+    def forward(self, x):                                                 # [b', s, k/q]
+        y = summa_matmul(x, _use(self.weight, self.grid), self.grid)      # [b', s, n/q]
+        if self.bias is not None:
+            y = y + all_gather(_use(self.bias, self.grid), 0, self.grid.col)   # + [n/q]
+        return y
+
+    def serial_state(self, pick=None) -> dict:
+        pick = pick or _value
+        w = pick(self.weight)
+        full = _gather(_gather(w, 1, self.grid.row), 0, self.grid.col)   # [k, n]
+        out = {"weight": full.t().contiguous()}
+        if self.bias is not None:
+            out["bias"] = _unsub(pick(self.bias), self.grid)
+        return out
+
+
+class LayerNorm2D(nn.Module):
+    """LayerNorm over a hidden dim split along ``row``: Σx and Σx² are all-reduced over ``row``
+    (one all-reduce forward, one backward); γ, β stored as [h/q²] pieces like the bias."""
+
+    def __init__(self, ln: nn.LayerNorm, grid: Grid2D, mode: str = "2d"):
+        super().__init__()
+        self.grid, self.eps, self.hidden = grid, ln.eps, ln.normalized_shape[0]
+        _divisible(self.hidden, grid.q * grid.q, "hidden (LayerNorm split over q²)", mode)
+        self.weight = nn.Parameter(_sub(ln.weight.detach(), grid))
+        self.bias = nn.Parameter(_sub(ln.bias.detach(), grid))
+
+    def forward(self, x):                                                 # [b', s, h/q]
+        row = self.grid.row
+        stats = torch.stack([x.sum(-1), (x * x).sum(-1)])                 # [2, b', s]
+        stats = reduce_from_group(copy_to_group(stats, row), row) / self.hidden
+        mean, var = stats[0].unsqueeze(-1), (stats[1] - stats[0] ** 2).unsqueeze(-1)
+        g = all_gather(_use(self.weight, self.grid), 0, self.grid.col)    # [h/q]
+        b = all_gather(_use(self.bias, self.grid), 0, self.grid.col)
+        return (x - mean) * torch.rsqrt(var + self.eps) * g + b
+
+    def serial_state(self, pick=None) -> dict:
+        pick = pick or _value
+        return {"weight": _unsub(pick(self.weight), self.grid),
+                "bias": _unsub(pick(self.bias), self.grid)}
+
+
+class Embedding2D(nn.Module):
+    """Embedding [V, h] split on the hidden dim: rank (r, c) stores columns piece [V, h/q²],
+    all-gathered over ``col`` to the column-``c`` block [V, h/q]; ids are the local batch."""
+
+    def __init__(self, emb: nn.Embedding, grid: Grid2D, mode: str = "2d"):
+        super().__init__()
+        self.grid = grid
+        _divisible(emb.embedding_dim, grid.q * grid.q, "hidden (embedding split over q²)", mode)
+        self.weight = nn.Parameter(_sub(emb.weight.detach(), grid, dim=1))   # [V, h/q²]
+
+    def forward(self, ids):                                               # [b', s] → [b', s, h/q]
+        table = all_gather(_use(self.weight, self.grid), 1, self.grid.col)
+        return F.embedding(ids, table)
+
+    def serial_state(self, pick=None) -> dict:
+        pick = pick or _value
+        return {"weight": _unsub(pick(self.weight), self.grid, dim=1)}

@@ -1,0 +1,78 @@
+"""The table-producing scripts run in smoke mode (so they cannot rot) and the cost model's
+closed form is exercised where it must agree with the brief's formulas."""
+import math
+
+import pytest
+
+from tensor_parallel import bench, reproduce
+from tensor_parallel.cost_model import layer_collectives, layer_sent_bytes, step_time
+
+
+def test_reproduce_smoke_measured_equals_closed_form(tmp_path):
+    cm, proj, claims = reproduce.main(["--smoke", "--out", str(tmp_path)])
+    assert {r["mode"] for r in cm} == {"serial", "1d", "2d", "2p5d", "3d"}
+    for r in cm:
+        assert r["equal"] == "yes", r
+        if r["mode"] != "serial":
+            assert r["param ratio"] < 1.0 and r["act ratio"] < 1.0
+            # each rank does 1/P of the serial FLOPs
+            assert math.isclose(r["FLOP ratio"], 1.0 / r["ranks"], rel_tol=1e-9)
+    assert (tmp_path / "comm_memory.md").is_file() and (tmp_path / "claims.csv").is_file()
+    assert all(r["paper"] > 0 and r["ours"] > 0 for r in claims)
+
+
+def test_bench_smoke(tmp_path):
+    overhead, steps = bench.main(["--smoke", "--out", str(tmp_path)])
+    assert len(overhead) == 5 and len(steps) == 7
+    assert all(r["fwd+bwd ms"] > 0 for r in overhead)
+    assert (tmp_path / "bench_step_times.md").is_file()
+
+
+@pytest.mark.parametrize("q", [2, 3, 4])
+def test_linear_part_matches_brief_formula(q):
+    """Without biases and LayerNorms, the 2D and 3D counts reduce to the brief's table."""
+    N, h = 6 * q ** 3, 12 * q * q
+    lin2 = sum(c.sent_elements for c in layer_collectives("2d", q * q, N, h)
+               if c.op in ("broadcast", "reduce"))
+    brief2 = sum(3 * (q - 1) * (N * k + k * n) / q ** 2
+                 for k, n in [(h, 3 * h), (h, h), (h, 4 * h), (4 * h, h)])
+    assert math.isclose(lin2, brief2)
+    lin3 = sum(c.sent_elements for c in layer_collectives("3d", q ** 3, N, h)
+               if c.family in ("input/output", "output/input", "weight"))
+    brief3 = sum(2 * (q - 1) * (N * k + k * n + N * n) / q ** 3
+                 for k, n in [(h, 3 * h), (h, h), (h, 4 * h), (4 * h, h)])
+    assert math.isclose(lin3, brief3)
+    assert math.isclose(layer_sent_bytes("1d", q, N, h), 4 * 4 * 2 * (q - 1) / q * N * h)
+
+
+def test_projection_counts_inter_node_links():
+    """A 1D group of 8 spans two 4-GPU nodes: slower than 4 GPUs inside one node per byte."""
+    one_node = step_time("1d", 4, 4096, 512, 1024, 1)["comm_s"]
+    two_nodes = step_time("1d", 8, 4096, 512, 1024, 1)["comm_s"]
+    assert two_nodes > one_node
+
+
+def test_readme_tables_are_the_generated_ones():
+    """README tables are copies of results/*.md (python -m tensor_parallel.readme)."""
+    from pathlib import Path
+    import tensor_parallel
+    here = Path(tensor_parallel.__file__).parent
+    readme = (here / "README.md").read_text()
+    for name in ("comm_memory", "projection", "claims", "bench_layer_overhead",
+                 "bench_step_times"):
+        body = (here / "results" / f"{name}.md").read_text().split("\n", 1)[1].strip()
+        assert body in readme, f"README table {name} is stale; run python -m tensor_parallel.readme"
+
+
+@pytest.mark.parametrize("q, d", [(2, 2), (3, 2), (4, 4)])
+def test_2p5d_linear_part_matches_brief_formula(q, d):
+    """2.5D: SUMMA on N/d tokens per slice + the depth all-reduce of every weight block."""
+    N, h = 6 * q * q * d, 12 * q * q
+    colls = layer_collectives("2p5d", q * q * d, N, h, depth=d)
+    summa = sum(c.sent_elements for c in colls if c.op in ("broadcast", "reduce"))
+    dep_weights = sum(c.sent_elements for c in colls
+                      if c.family == "dep" and c.elements >= h * h / q ** 2)
+    lin = [(h, 3 * h), (h, h), (h, 4 * h), (4 * h, h)]
+    brief = sum(3 * (q - 1) * (N * k / d + k * n) / q ** 2 + 2 * (d - 1) / d * k * n / q ** 2
+                for k, n in lin)
+    assert math.isclose(summa + dep_weights, brief)
