@@ -1,0 +1,71 @@
+"""Evaluate a trained run: masked-LM loss and accuracy on the validation split.
+
+    python -m seqpar.eval --run runs/seqpar/<run>            # one process (serial attention)
+    torchrun --nproc-per-node 2 -m seqpar.eval --run ...      # sequence parallel over 2 ranks
+
+(``make eval-seqpar ARGS="--run runs/seqpar/<run>"``.) The run's config.json gives the model
+and data; ``--data`` evaluates on another corpus of the same vocabulary.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from shared.checkpoint import load_checkpoint
+from shared.config import load_config
+from shared.dist import init_distributed, main_guard
+from shared.run import log0
+from shared.topology import build_topology
+
+from .config import Config
+from .data import MLMData
+from .parallel import SequenceParallelBert
+from .rsa import check_sequence_split
+from .train import REPO, build_model, evaluate
+
+
+def latest_run() -> Path:
+    root = REPO / "runs" / "seqpar"
+    runs = sorted(p.parent for p in root.glob("*/checkpoint.pt"))
+    if not runs:
+        raise FileNotFoundError(f"no trained run under {root}; train one with `make train-seqpar` "
+                                f"or pass --run DIR")
+    return max(runs, key=lambda p: (p / "checkpoint.pt").stat().st_mtime)
+
+
+@main_guard
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", default=None,
+                    help="run directory holding config.json and checkpoint.pt (default: the "
+                         "latest run under <repo>/runs/seqpar)")
+    ap.add_argument("--data", default=None, help="evaluate on this corpus instead of the run's")
+    ap.add_argument("--batches", type=int, default=16)
+    ap.add_argument("--batch_size", type=int, default=8)
+    ap.add_argument("--mode", default="seq", help="parallel mode (only 'seq')")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.mode != "seq":
+        raise ValueError(f"seqpar evaluates with --mode seq; got {args.mode!r}")
+    run = Path(args.run) if args.run else latest_run()
+    cfg = load_config(Config, run / "config.json")
+    if args.data:
+        cfg = dataclasses.replace(cfg, data=args.data)
+    env = init_distributed()
+    check_sequence_split(cfg.seq_len, env.world_size)
+    topo = build_topology("seq")
+    data = MLMData.from_config(cfg)
+    model = build_model(cfg, data.vocab_size).to(env.device)
+    state = load_checkpoint(run / "checkpoint.pt", map_location=env.device)
+    model.load_state_dict(state["model"])
+    sp = SequenceParallelBert(model, topo, lean=cfg.lean, seed=cfg.seed)
+    metrics = evaluate(sp, data, args.batches, args.batch_size)
+    log0(f"seqpar eval: step {state['step']}, val loss {metrics['val_loss']:.4f}, "
+         f"val acc {metrics['val_acc']:.3f} ({args.batches} batches of {args.batch_size} x "
+         f"{cfg.seq_len} tokens, {data.corpus.source})")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
