@@ -1,0 +1,128 @@
+"""Speed of the MoE layer and of the tiny models, measured in one run (``make bench-widenet``).
+
+1. ``bench_moe_layer``: forward+backward time of the top-2 MoE layer (E=4, cf 1.2) against a
+   dense FFN with the same FLOPs per token (hidden 2 x d_ff: each token visits two experts of
+   width d_ff). The MoE additionally computes the empty slots of its capacity buffers
+   (E*C = cf*k*T slots for T tokens), routes, dispatches and combines; the ratio shows that cost.
+2. ``bench_throughput``: training tokens per second (forward, backward, LAMB step) of
+   widenet_tiny, vit_moe_tiny and vit_tiny at the same batch.
+
+The paper reports no speed numbers; these are ratios on this machine (see the tables' hardware
+line). ``--smoke`` runs tiny sizes with one repeat so the tests can exercise the code.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shared.bench import time_fn, write_table
+from shared.config import parse_config
+from shared.seeding import seed_everything
+
+from .models import MoE, create_model
+from .models.vit import Mlp
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class BenchConfig:
+    smoke: bool = False
+    out: str = ""            # results directory; "" = widenet/results (smoke: runs/widenet)
+    repeat: int = 5
+    batch_size: int = 128
+    seed: int = 0
+    threads: int = 1         # torch CPU threads (1: stable on a shared machine); 0 = default
+
+
+def bench_moe_layer(cfg: BenchConfig) -> list[dict]:
+    sizes = [(64, 256, 2, 17)] if cfg.smoke else [(128, 512, 64, 65), (256, 1024, 32, 65),
+                                                   (384, 1536, 16, 197)]
+    rows = []
+    for d, f, batch, tokens in sizes:
+        moe = MoE(d, f, num_experts=4, top_k=2, capacity_factor=1.2, dropout=0.0)
+        dense = Mlp(d, 2 * f, dropout=0.0)
+        x = torch.randn(batch, tokens, d, requires_grad=True)
+
+        def step_moe():
+            y, stats = moe(x)
+            (y.square().mean() + 0.01 * stats.aux_loss).backward()
+
+        def step_dense():
+            dense(x).square().mean().backward()
+
+        t_moe = time_fn(step_moe, warmup=1, repeat=cfg.repeat)["median"]
+        t_dense = time_fn(step_dense, warmup=1, repeat=cfg.repeat)["median"]
+        rows.append({"d": d, "d_ff (expert)": f, "dense hidden": 2 * f, "tokens": batch * tokens,
+                     "MoE fwd+bwd ms": 1e3 * t_moe, "dense fwd+bwd ms": 1e3 * t_dense,
+                     "MoE / dense time": t_moe / t_dense})
+    return rows
+
+
+def bench_throughput(cfg: BenchConfig) -> list[dict]:
+    from timm.optim import Lamb
+
+    batch = 4 if cfg.smoke else cfg.batch_size
+    rows, base = [], None
+    for name in ("vit_tiny", "vit_moe_tiny", "widenet_tiny"):
+        seed_everything(cfg.seed)
+        model = create_model(name).train()
+        opt = Lamb(model.parameters(), lr=1e-3, weight_decay=0.1, max_grad_norm=None)
+        x = torch.randn(batch, 3, 32, 32)
+        y = torch.randint(10, (batch,))
+        tokens = batch * (model.patch_embed.num_patches + 1)
+
+        def step():
+            out = model(x)
+            loss = torch.nn.functional.cross_entropy(out.logits, y) + 0.01 * out.aux_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        t = time_fn(step, warmup=1, repeat=cfg.repeat)["median"]
+        rows.append({"model": name, "params": sum(p.numel() for p in model.parameters()),
+                     "batch": batch, "tokens/step": tokens, "step ms": 1e3 * t,
+                     "tokens/s": tokens / t})
+        base = base or rows[-1]["tokens/s"]
+    for row in rows:
+        row["tokens/s vs vit_tiny"] = row["tokens/s"] / base
+    return rows
+
+
+def main(argv=None):
+    cfg = parse_config(BenchConfig, None, argv)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if cfg.smoke:
+        cfg.repeat = 1
+    out = Path(cfg.out) if cfg.out else RESULTS
+    if cfg.smoke and not cfg.out:  # never overwrite the committed tables with smoke numbers
+        out = RESULTS.parent.parent / "runs" / "widenet" / "smoke_results"
+    torch.manual_seed(cfg.seed)
+    label = "smoke sizes (code check only)" if cfg.smoke else "full sizes"
+    notes = ["the paper reports no speed numbers: all columns are measured here",
+             f"{label}; median of {cfg.repeat} timed repeats after one warm-up",
+             f"torch threads: {torch.get_num_threads()}; CPU machines shared with other jobs "
+             f"give noisy absolute times, compare the ratios"]
+    moe_rows = bench_moe_layer(cfg)
+    paths = write_table(out / "bench_moe_layer", moe_rows,
+                        "Top-2 MoE layer (E=4, cf 1.2) vs dense FFN of equal FLOPs per token",
+                        seed=cfg.seed, notes=notes)
+    tp_rows = bench_throughput(cfg)
+    paths += write_table(out / "bench_throughput", tp_rows,
+                         "Training throughput of the tiny models (forward + backward + LAMB)",
+                         seed=cfg.seed, notes=notes)
+    for row in moe_rows + tp_rows:
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+    if not cfg.smoke and not cfg.out:
+        from .reproduce import copy_tables_to_readme
+        copy_tables_to_readme()
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return moe_rows, tp_rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
