@@ -56,7 +56,7 @@ class Config:
     seed: int = 42
     eval_every: int = 0                # steps between evaluations; 0 = once per epoch
     log_every: int = 10
-    out: str = ""                      # runs root; "" = <repo>/runs/widenet
+    out_dir: str = ""                  # runs root; "" = <repo>/runs/widenet
     run_name: str = ""                 # "" = timestamp
     resume: str = ""                   # run directory (or checkpoint file) to continue
     threads: int = 0                   # torch CPU threads; 0 = torch's default

@@ -124,7 +124,7 @@ def scaled_down(cfg: ReproConfig, out: Path) -> list[dict]:
         run_cfg = Config(**{**PRESETS["tiny"], "model": tiny, "epochs": cfg.epochs,
                             "train_size": cfg.train_size, "val_size": cfg.val_size,
                             "seed": cfg.seed, "quiet": True, "run_name": tiny,
-                            "out": str(runs)})
+                            "out_dir": str(runs)})
         if cfg.smoke:
             run_cfg = dataclasses.replace(run_cfg, train_size=64, val_size=32, batch_size=16,
                                           max_steps=2)

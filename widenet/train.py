@@ -182,7 +182,7 @@ def train(cfg: Config) -> dict:
         start, best = state["step"], state["best_acc"]
         log0(f"resumed {run_path} at step {start}")
     else:
-        root = Path(cfg.out) if cfg.out else REPO / "runs" / "widenet"
+        root = Path(cfg.out_dir) if cfg.out_dir else REPO / "runs" / "widenet"
         stamp = par.all_sum(torch.tensor([time.time() if env.rank == 0 else 0.0],
                                          dtype=torch.float64))  # rank 0's clock on every rank
         name = cfg.run_name or time.strftime("%Y%m%d-%H%M%S", time.localtime(stamp.item()))

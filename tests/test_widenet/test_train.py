@@ -18,7 +18,7 @@ from .test_data import write_imagenet
 
 def _cfg(tmp_path, **kw):
     base = dict(PRESETS["tiny"], train_size=256, val_size=64, batch_size=32, epochs=1.0,
-                warmup_epochs=0.25, quiet=True, out=str(tmp_path), log_every=1)
+                warmup_epochs=0.25, quiet=True, out_dir=str(tmp_path), log_every=1)
     base.update(kw)
     return Config(**base)
 
@@ -63,7 +63,7 @@ def test_lr_schedule_is_linear_warmup_then_linear_decay():
 
 def _train_worker(env, out, mode):
     cfg = Config(**dict(PRESETS["tiny"], train_size=64, val_size=32, batch_size=16,
-                        max_steps=2, quiet=True, out=out, run_name=f"{mode}", mode=mode))
+                        max_steps=2, quiet=True, out_dir=out, run_name=f"{mode}", mode=mode))
     s = train(cfg)
     return s["val_acc"], s["last_loss"]
 
