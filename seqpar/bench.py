@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 
-from shared.bench import PeakMemory, Timer, write_table
+from shared.bench import PeakMemory, SavedTensorBytes, Timer, write_table
 from shared.comm import CommMeter
 from shared.dist import barrier, spawn
 from shared.topology import build_topology
 
-from .memory import SavedBytes
 from .rsa import ring_self_attention
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,7 +52,7 @@ def bench_worker(env, p: dict) -> dict:
     out, times = {}, {(name, overlap): [] for name, _, overlap in VARIANTS}
     for name, lean, overlap in VARIANTS:                              # warm-up and memory
         step(lean, overlap)
-        with SavedBytes() as saved, PeakMemory() as peak, CommMeter() as comm:
+        with SavedTensorBytes() as saved, PeakMemory() as peak, CommMeter() as comm:
             o = ring_self_attention(q, k, v, group, mask, lean=lean, overlap=overlap)
             o.backward(d_out)
         out[(name, overlap)] = {"saved": saved.bytes, "peak": peak.delta_bytes,

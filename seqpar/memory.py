@@ -1,6 +1,6 @@
 """Exact activation memory (bytes saved for backward) and peak memory of one training step.
 
-:class:`SavedBytes` counts, through ``torch.autograd.graph.saved_tensors_hooks``, every tensor
+:class:`shared.bench.SavedTensorBytes` counts, through ``torch.autograd.graph.saved_tensors_hooks``, every tensor
 that autograd keeps for the backward pass, once per storage (views of one tensor count once),
 leaving out the parameters themselves. That is the activation memory of the step, exactly, on
 any device. Peak memory comes from :class:`shared.bench.PeakMemory` (the CUDA allocator's peak
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from shared.bench import PeakMemory, Timer
+from shared.bench import PeakMemory, SavedTensorBytes, Timer
 from shared.topology import Topology
 
 from .models.bert import BertConfig, BertMLM
@@ -21,32 +21,6 @@ from .parallel import SequenceParallelBert
 from .tp_baseline import TensorParallelBert
 
 METHODS = ("rsa", "lean", "tp")
-
-
-class SavedBytes:
-    """``with SavedBytes(model.parameters()) as s: loss = ...``; then ``s.bytes``."""
-
-    def __init__(self, params=()):
-        self._params = {p.untyped_storage().data_ptr() for p in params}
-        self._seen: set[int] = set()
-        self.bytes = 0
-
-    def _pack(self, t: torch.Tensor):
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in self._params and ptr not in self._seen:
-            self._seen.add(ptr)
-            self.bytes += storage.nbytes()
-        return t
-
-    def __enter__(self):
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._hooks.__exit__(*exc)
-        return False
 
 
 def build(method: str, bert: BertConfig, topo: Topology, seed: int = 0, overlap: bool = True):
@@ -86,7 +60,7 @@ def measure_step(method: str, model, batch: int, length: int, vocab: int,
     model.train()
     model.zero_grad(set_to_none=True)
     with Timer(device) as timer, PeakMemory(device) as peak:
-        with SavedBytes(model.parameters()) as saved:
+        with SavedTensorBytes(model.parameters()) as saved:
             loss = step_loss(method, model, ids, mask, labels)
         loss.backward()
     return {"saved_bytes": saved.bytes, "peak_bytes": peak.delta_bytes, "seconds": timer.seconds}

@@ -111,6 +111,40 @@ class PeakMemory:
         return False
 
 
+class SavedTensorBytes:
+    """Exact bytes autograd saves for backward inside the block.
+
+    ``with SavedTensorBytes(model.parameters()) as saved: loss = model(x)``; then ``saved.bytes``
+    is the size of the distinct storages packed by ``torch.autograd.graph.saved_tensors_hooks``,
+    excluding the storages of ``params`` (weights are counted separately). Views of one storage
+    count once.
+    """
+
+    def __init__(self, params=()):
+        self._skip = {p.untyped_storage().data_ptr() for p in params}
+        self._seen: dict[int, int] = {}
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._seen.values())
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key not in self._skip and key not in self._seen:
+            self._seen[key] = storage.nbytes()
+        return t
+
+    def __enter__(self):
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+        return False
+
+
 def hardware_info() -> str:
     """One line: CPU model and cores, GPU (if any), torch and Python versions."""
     cpu = platform.processor() or platform.machine()

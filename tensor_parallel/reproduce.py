@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from shared import CommMeter, build_topology, spawn, write_table
+from shared import CommMeter, SavedTensorBytes, build_topology, spawn, write_table
 
 from .cost_model import Cluster, layer_calls, layer_flops, layer_sent_bytes, step_time
 from .models import GPT, GPTConfig
@@ -52,32 +52,6 @@ PAPER_CLAIMS = [
 ]
 # projection workload (ours; the papers' per-config tables are not in the brief)
 PROJ = dict(batch=128, seq=512, hidden=4096, heads=64, layers=24)
-
-
-class SavedTensorBytes:
-    """Bytes of the distinct storages autograd saves for backward inside the block, excluding
-    the storages of ``params``."""
-
-    def __init__(self, params):
-        self.skip = {p.untyped_storage().data_ptr() for p in params}
-        self.seen: dict[int, int] = {}
-
-    def _pack(self, t):
-        st = t.untyped_storage()
-        key = st.data_ptr()
-        if key not in self.skip and key not in self.seen:
-            self.seen[key] = st.nbytes()
-        return t
-
-    def __enter__(self):
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)
-        self.bytes = sum(self.seen.values())
-        return False
 
 
 def _gpt_config(sizes) -> GPTConfig:

@@ -114,3 +114,17 @@ def test_write_table_has_header_and_rows(tmp_path):
     assert md.startswith("# Table 1") and "`make x`" in md and "seed: 3" in md
     assert "hardware:" in md and "| model | paper | ours |" in md and "| a | 87 | 12.35 |" in md
     assert csv_path.read_text().splitlines()[0] == "model,paper,ours"
+
+
+def test_saved_tensor_bytes_counts_each_storage_once_and_skips_parameters():
+    from shared import SavedTensorBytes
+
+    x = torch.randn(5, 7, requires_grad=True)
+    w = nn.Parameter(torch.randn(7, 3))
+    with SavedTensorBytes() as saved:
+        y = torch.exp(x)          # saves its output y
+        y.sin()                   # saves y again: the same storage
+    assert saved.bytes == y.numel() * 4
+    with SavedTensorBytes([w]) as saved:
+        x @ w                     # saves x and w; w is a parameter
+    assert saved.bytes == x.numel() * 4
