@@ -13,7 +13,8 @@ after the paper's table rows plus ``tiny`` for CPU runs)::
     cfg = parse_config(Config, PRESETS, ["--preset", "tiny", "--lr", "0.01"])
 
 Values are converted to the field's annotated type (int, float, str, bool, Optional[...],
-tuple/list of those written comma-separated); an unknown key, a bad value or an unknown preset
+tuple/list of those written comma-separated); a boolean key given without a value (``--smoke``)
+means true; an unknown key, a bad value or an unknown preset
 raises :class:`ConfigError` naming it and the valid choices. ``save_config`` writes the resolved
 config as JSON beside a run; ``load_config`` reads it back.
 """
@@ -142,10 +143,13 @@ def parse_config(cls, presets: dict | None = None, argv: list[str] | None = None
             i += 1
         else:
             key = word[2:]
-            if i + 1 >= len(argv):
+            bare = i + 1 >= len(argv) or argv[i + 1].startswith("--")
+            if bare and fields.get(key.replace("-", "_"), (None,))[0] is bool:
+                value, i = "true", i + 1          # a bare boolean flag: --smoke
+            elif bare:
                 raise ConfigError(f"--{key} needs a value")
-            value = argv[i + 1]
-            i += 2
+            else:
+                value, i = argv[i + 1], i + 2
         pairs.append((key.replace("-", "_"), value))
     preset = default_preset if default_preset in presets else None
     for key, value in pairs:

@@ -30,6 +30,9 @@ def test_defaults_then_preset_then_overrides():
         ("paper", 100, 3e-4, False, (2, 3, 5), "/some/where")
     assert parse_config(Cfg, PRESETS, ["--data", "none"]).data is None
     assert parse_config(Cfg, PRESETS, ["--use-bias", "no"]).use_bias is False
+    bare = parse_config(Cfg, PRESETS, ["--use_bias", "--layers", "3"])
+    assert bare.use_bias is True and bare.layers == 3
+    assert parse_config(Cfg, PRESETS, ["--use_bias"]).use_bias is True
 
 
 def test_unknown_key_suggests_the_close_one():
