@@ -252,6 +252,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
     ap.add_argument("--out", default=str(RESULTS), help="output directory")
     args = ap.parse_args(argv)
+    if args.smoke and Path(args.out).resolve() == RESULTS:  # smoke numbers never enter results/
+        args.out = str(RESULTS.parent.parent / "runs" / "seqpar" / "smoke_results")
     s = SMOKE if args.smoke else FULL
     out = Path(args.out)
     stem = "smoke_" if args.smoke else ""
