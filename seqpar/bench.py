@@ -14,14 +14,14 @@ Written to ``seqpar/results/bench.{csv,md}``.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
 
 import torch
 
-from shared.bench import PeakMemory, SavedTensorBytes, Timer, write_table
+from shared.bench import PeakMemory, ResultsConfig, SavedTensorBytes, Timer, results_dir, write_table
+from shared.config import parse_config
 from shared.comm import CommMeter
 from shared.dist import barrier, spawn
 from shared.topology import build_topology
@@ -69,12 +69,8 @@ def bench_worker(env, p: dict) -> dict:
 
 
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
-    ap.add_argument("--out", default=str(RESULTS), help="output directory")
-    args = ap.parse_args(argv)
-    if args.smoke and Path(args.out).resolve() == RESULTS:  # smoke numbers never enter results/
-        args.out = str(RESULTS.parent.parent / "runs" / "seqpar" / "smoke_results")
+    args = parse_config(ResultsConfig, None, argv, default_preset=None)
+    args.out = str(results_dir(RESULTS, args.out, args.smoke))
     p = SMOKE if args.smoke else FULL
     rows = []
     for n in p["sizes"]:

@@ -8,13 +8,12 @@ and data; ``--data`` evaluates on another corpus of the same vocabulary.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from shared.checkpoint import load_checkpoint
-from shared.config import load_config
+from shared.config import load_config, parse_config
 from shared.dist import init_distributed, main_guard
 from shared.run import log0
 from shared.topology import build_topology
@@ -35,17 +34,21 @@ def latest_run() -> Path:
     return max(runs, key=lambda p: (p / "checkpoint.pt").stat().st_mtime)
 
 
+@dataclass
+class EvalConfig:
+    run: str = ""
+    """run directory holding config.json and checkpoint.pt ("" = the latest under <repo>/runs/seqpar)"""
+    data: str = ""
+    """evaluate on this corpus instead of the run's"""
+    batches: int = 16
+    batch_size: int = 8
+    mode: str = "seq"
+    """parallel mode (only 'seq')"""
+
+
 @main_guard
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", default=None,
-                    help="run directory holding config.json and checkpoint.pt (default: the "
-                         "latest run under <repo>/runs/seqpar)")
-    ap.add_argument("--data", default=None, help="evaluate on this corpus instead of the run's")
-    ap.add_argument("--batches", type=int, default=16)
-    ap.add_argument("--batch_size", type=int, default=8)
-    ap.add_argument("--mode", default="seq", help="parallel mode (only 'seq')")
-    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse_config(EvalConfig, None, argv, default_preset=None)
     if args.mode != "seq":
         raise ValueError(f"seqpar evaluates with --mode seq; got {args.mode!r}")
     run = Path(args.run) if args.run else latest_run()

@@ -22,7 +22,6 @@ held-out point and its error printed. Written to ``seqpar/results/``:
 """
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
@@ -32,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.bench import write_table
+from shared.bench import ResultsConfig, results_dir, write_table
+from shared.config import parse_config
 from shared.dist import spawn
 from shared.topology import build_topology
 
@@ -248,12 +248,8 @@ def update_readme(section: str, md_path: Path) -> None:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
-    ap.add_argument("--out", default=str(RESULTS), help="output directory")
-    args = ap.parse_args(argv)
-    if args.smoke and Path(args.out).resolve() == RESULTS:  # smoke numbers never enter results/
-        args.out = str(RESULTS.parent.parent / "runs" / "seqpar" / "smoke_results")
+    args = parse_config(ResultsConfig, None, argv, default_preset=None)
+    args.out = str(results_dir(RESULTS, args.out, args.smoke))
     s = SMOKE if args.smoke else FULL
     out = Path(args.out)
     stem = "smoke_" if args.smoke else ""

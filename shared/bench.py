@@ -11,6 +11,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -143,6 +144,28 @@ class SavedTensorBytes:
     def __exit__(self, *exc):
         self._hooks.__exit__(*exc)
         return False
+
+
+@dataclass
+class ResultsConfig:
+    """Options shared by every paper's ``reproduce.py`` and ``bench.py`` (parsed with
+    :func:`shared.config.parse_config`, so ``--smoke`` alone means true)."""
+    smoke: bool = False
+    """tiny sizes that run in seconds (what the tests run); never written into results/"""
+    out: str = ""
+    """output directory; "" = the paper's results/ (or runs/<paper>/smoke_results with --smoke)"""
+
+
+def results_dir(results, out: str = "", smoke: bool = False) -> Path:
+    """Where a reproduce/bench run writes its tables: ``out`` when given; otherwise the paper's
+    committed ``results`` folder for full runs and ``<repo>/runs/<paper>/smoke_results`` for smoke
+    runs, so smoke numbers never enter ``results/``."""
+    if out:
+        return Path(out)
+    results = Path(results)
+    if smoke:
+        return results.parent.parent / "runs" / results.parent.name / "smoke_results"
+    return results
 
 
 def hardware_info() -> str:

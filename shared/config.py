@@ -122,11 +122,24 @@ def parse_config(cls, presets: dict | None = None, argv: list[str] | None = None
     Args:
         cls: the config dataclass.
         presets: name → dict of field overrides.
-        argv: command-line words (default ``sys.argv[1:]``); ``--key=value`` also works.
+        argv: command-line words; ``--key=value`` also works. When ``argv`` is None the words
+            come from ``sys.argv`` and a bad one ends the program with a one-line error
+            (exit status 2, like argparse); with an explicit ``argv`` a :class:`ConfigError`
+            is raised instead.
         default_preset: preset used when ``--preset`` is not given (if it exists).
         extra: overrides applied after the preset and before the command line.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        try:
+            return _parse(cls, presets, sys.argv[1:], default_preset, extra)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    return _parse(cls, presets, argv, default_preset, extra)
+
+
+def _parse(cls, presets, argv, default_preset, extra):
+    argv = list(argv)
     presets = presets or {}
     fields = config_fields(cls)
     pairs: list[tuple[str, str]] = []
@@ -144,7 +157,10 @@ def parse_config(cls, presets: dict | None = None, argv: list[str] | None = None
         else:
             key = word[2:]
             bare = i + 1 >= len(argv) or argv[i + 1].startswith("--")
-            if bare and fields.get(key.replace("-", "_"), (None,))[0] is bool:
+            name = key.replace("-", "_")
+            if bare and name not in fields and name != "preset":
+                raise _unknown(name, fields)
+            if bare and fields.get(name, (None,))[0] is bool:
                 value, i = "true", i + 1          # a bare boolean flag: --smoke
             elif bare:
                 raise ConfigError(f"--{key} needs a value")

@@ -13,13 +13,12 @@
 """
 from __future__ import annotations
 
-import argparse
-import tempfile
 from pathlib import Path
 
 import torch
 
-from shared import Timer, build_topology, spawn, time_fn, write_table
+from shared import (ResultsConfig, Timer, build_topology, parse_config, results_dir, spawn, time_fn,
+                    write_table)
 
 from .models import GPT, GPTConfig
 from .parallelize import parallelize
@@ -106,13 +105,10 @@ def step_times(s) -> list[dict]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="layer overhead and per-mode step times")
-    ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--out")
-    args = ap.parse_args(argv)
+    args = parse_config(ResultsConfig, None, argv, default_preset=None)
     sizes = SMOKE if args.smoke else FULL
     torch.set_num_threads(1)            # like every spawned rank: one thread per process
-    out = Path(args.out) if args.out else (Path(tempfile.mkdtemp()) if args.smoke else RESULTS)
+    out = results_dir(RESULTS, args.out, args.smoke)
     lay, mod = sizes["layer"], sizes["model"]
     overhead = layer_overhead(lay)
     steps = step_times(mod)

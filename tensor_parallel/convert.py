@@ -13,11 +13,10 @@ any mode or world size can load them (``--resume``, ``tensor_parallel.eval``). T
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
+from dataclasses import dataclass
 
-
-from shared import build_topology, load_checkpoint, save_checkpoint
+from shared import ConfigError, build_topology, load_checkpoint, parse_config, save_checkpoint
 
 from .models import GPT, GPTConfig
 from .parallelize import parallelize
@@ -46,14 +45,24 @@ def shard_report(model: GPT, mode: str, world: int, depth: int = 1) -> list[str]
     return lines
 
 
+@dataclass
+class ConvertConfig:
+    ckpt: str = ""
+    """training checkpoint to read (required)"""
+    out: str = ""
+    """write the serial GPT state dict and config here"""
+    mode: str = ""
+    """report the shards of this mode (1d, 2d, 2p5d, 3d); needs --world"""
+    world: int = 0
+    depth: int = 1
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ckpt", required=True)
-    ap.add_argument("--out", help="write the serial GPT state dict and config here")
-    ap.add_argument("--mode", choices=["1d", "2d", "2p5d", "3d"])
-    ap.add_argument("--world", type=int)
-    ap.add_argument("--depth", type=int, default=1)
-    args = ap.parse_args(argv)
+    args = parse_config(ConvertConfig, None, argv, default_preset=None)
+    if not args.ckpt:
+        raise ConfigError("--ckpt is required: the training checkpoint to convert")
+    if args.mode and args.mode not in ("1d", "2d", "2p5d", "3d"):
+        raise ConfigError(f"--mode must be one of 1d, 2d, 2p5d, 3d; got {args.mode!r}")
     ckpt = load_checkpoint(args.ckpt)
     model = serial_model(ckpt)
     if args.out:
@@ -63,7 +72,7 @@ def main(argv=None):
               f"to {args.out}")
     if args.mode:
         if not args.world:
-            ap.error("--mode needs --world")
+            raise ConfigError("--mode needs --world (the number of ranks of the grid)")
         for line in shard_report(model, args.mode, args.world, args.depth):
             print(line)
     return model

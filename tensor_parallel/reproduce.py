@@ -18,15 +18,14 @@ each as a ratio to the serial layer (serial = 1.00). Tables go to tensor_paralle
 """
 from __future__ import annotations
 
-import argparse
 import math
-import tempfile
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from shared import CommMeter, SavedTensorBytes, build_topology, spawn, write_table
+from shared import (CommMeter, ResultsConfig, SavedTensorBytes, build_topology, parse_config,
+                    results_dir, spawn, write_table)
 
 from .cost_model import Cluster, layer_calls, layer_flops, layer_sent_bytes, step_time
 from .models import GPT, GPTConfig
@@ -202,12 +201,9 @@ def claims_table(proj, cm) -> list[dict]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="per-mode communication/memory and projections")
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds, temporary output")
-    ap.add_argument("--out", help="results directory (default tensor_parallel/results)")
-    args = ap.parse_args(argv)
+    args = parse_config(ResultsConfig, None, argv, default_preset=None)
     sizes = SMOKE if args.smoke else FULL
-    out = Path(args.out) if args.out else (Path(tempfile.mkdtemp()) if args.smoke else RESULTS)
+    out = results_dir(RESULTS, args.out, args.smoke)
     base, rows = measure_all(sizes)
     cm = comm_memory_table(sizes, base, rows)
     cluster = Cluster()

@@ -3,7 +3,6 @@ shared/, outside the repository."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

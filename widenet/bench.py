@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from shared.bench import time_fn, write_table
+from shared.bench import results_dir, time_fn, write_table
 from shared.config import parse_config
 from shared.seeding import seed_everything
 
@@ -98,9 +98,7 @@ def main(argv=None):
         torch.set_num_threads(cfg.threads)
     if cfg.smoke:
         cfg.repeat = 1
-    out = Path(cfg.out) if cfg.out else RESULTS
-    if cfg.smoke and not cfg.out:  # never overwrite the committed tables with smoke numbers
-        out = RESULTS.parent.parent / "runs" / "widenet" / "smoke_results"
+    out = results_dir(RESULTS, cfg.out, cfg.smoke)
     torch.manual_seed(cfg.seed)
     label = "smoke sizes (code check only)" if cfg.smoke else "full sizes"
     notes = ["the paper reports no speed numbers: all columns are measured here",

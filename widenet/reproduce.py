@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from shared.bench import write_table
+from shared.bench import results_dir, write_table
 from shared.config import parse_config
 
 from .config import PRESETS, Config
@@ -144,9 +144,7 @@ def scaled_down(cfg: ReproConfig, out: Path) -> list[dict]:
 
 def main(argv=None):
     cfg = parse_config(ReproConfig, None, argv)
-    out = Path(cfg.out) if cfg.out else RESULTS
-    if cfg.smoke and not cfg.out:  # never overwrite the committed tables with smoke numbers
-        out = REPO / "runs" / "widenet" / "smoke_results"
+    out = results_dir(RESULTS, cfg.out, cfg.smoke)
     rows, counts = param_table()
     paths = write_table(out / "imagenet_params", rows,
                         "ImageNet-1K models: paper #params and top-1 vs our parameter counts",

@@ -1,5 +1,4 @@
 """Atomic, verified checkpoints, and exact resume of a training run."""
-import os
 
 import pytest
 import torch

@@ -57,3 +57,17 @@ def test_saved_config_round_trips(tmp_path):
     cfg = parse_config(Cfg, PRESETS, ["--dims", "7,9"])
     path = save_config(cfg, tmp_path / "run" / "config.json")
     assert load_config(Cfg, path) == cfg
+
+
+def test_bare_unknown_flag_is_named_with_a_suggestion():
+    with pytest.raises(ConfigError, match="unknown config key --use_bia; did you mean --use_bias"):
+        parse_config(Cfg, PRESETS, ["--use_bia"])
+
+
+def test_command_line_errors_end_with_one_line_and_status_2(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["train", "--layer", "3"])
+    with pytest.raises(SystemExit) as info:
+        parse_config(Cfg, PRESETS)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown config key --layer") and "Traceback" not in err

@@ -128,3 +128,14 @@ def test_saved_tensor_bytes_counts_each_storage_once_and_skips_parameters():
     with SavedTensorBytes([w]) as saved:
         x @ w                     # saves x and w; w is a parameter
     assert saved.bytes == x.numel() * 4
+
+
+def test_results_dir_keeps_smoke_numbers_out_of_results(tmp_path):
+    from shared import ResultsConfig, parse_config, results_dir
+
+    results = tmp_path / "repo" / "paper" / "results"
+    assert results_dir(results) == results
+    assert results_dir(results, smoke=True) == tmp_path / "repo" / "runs" / "paper" / "smoke_results"
+    assert results_dir(results, out=str(tmp_path / "x"), smoke=True) == tmp_path / "x"
+    args = parse_config(ResultsConfig, None, ["--smoke", "--out", "somewhere"], default_preset=None)
+    assert args.smoke is True and args.out == "somewhere"
