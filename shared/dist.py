@@ -17,6 +17,7 @@ traceback and rank, and the other children are stopped at once.
 from __future__ import annotations
 
 import datetime
+import io
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -134,7 +135,11 @@ def _child(fn, rank, world_size, port, timeout_s, results, args):
     try:
         env = init_distributed(timeout_s=timeout_s, backend="gloo", device="cpu")
         out = fn(env, *args)
-        results.put((rank, "ok", out))
+        # Send plain bytes: tensors put on a queue as they are travel as shared-memory file
+        # descriptors that vanish when this process exits before the parent has read them.
+        buf = io.BytesIO()
+        torch.save(out, buf)
+        results.put((rank, "ok", buf.getvalue()))
     except BaseException:  # noqa: BLE001 - reported to the parent, which re-raises
         results.put((rank, "error", traceback.format_exc()))
         return
@@ -204,7 +209,7 @@ def spawn(fn, world_size: int, *args, timeout_s: float = 300.0):
                 else:
                     continue
             if status == "ok":
-                outputs[rank] = payload
+                outputs[rank] = torch.load(io.BytesIO(payload), weights_only=False)
             else:
                 failure = f"rank {rank} of {world_size} raised:\n{payload}"
     finally:

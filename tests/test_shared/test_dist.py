@@ -62,3 +62,15 @@ def test_single_process_environment(monkeypatch):
     env = shared.init_distributed(device="cpu")
     assert (env.rank, env.world_size, env.distributed, env.is_main) == (0, 1, False, True)
     shared.teardown()  # safe without a process group
+
+
+def _return_tensors(env):
+    return [torch.full((1000,), float(env.rank + i)) for i in range(40)]
+
+
+def test_tensors_returned_by_children_survive_their_exit():
+    """Children exit right after reporting; the tensors they return must not depend on the child
+    still being alive (tensors queued as shared-memory handles did, and failed intermittently)."""
+    for _ in range(2):
+        out = spawn(_return_tensors, 8)
+        assert [float(o[5].sum()) for o in out] == [1000.0 * (r + 5) for r in range(8)]

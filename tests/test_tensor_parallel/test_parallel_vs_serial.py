@@ -31,7 +31,7 @@ CFG_Q3 = GPTConfig(vocab_size=36, seq_len=5, hidden=36, heads=6, layers=1, dropo
 BATCH = 12
 
 
-def _close(name, got, want, tol=TOL):
+def _assert_close(name, got, want, tol=TOL):
     assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
     err = (got - want).abs().max().item()
     scale = max(want.abs().max().item(), 1e-12)
@@ -66,15 +66,15 @@ def _check_mode(env, mode, depth, cfg=CFG):
     pblock = pmodel.blocks[0]
     xp = plan.shard_activation(x).clone().requires_grad_()
     yp = pblock(xp)
-    _close(f"{mode} block output", yp, plan.shard_activation(ys.detach()))
+    _assert_close(f"{mode} block output", yp, plan.shard_activation(ys.detach()))
     yp.backward(plan.shard_activation(dy))
-    _close(f"{mode} block dX", xp.grad, plan.shard_activation(xs.grad))
+    _assert_close(f"{mode} block dX", xp.grad, plan.shard_activation(xs.grad))
     names = {"ln1": block.ln1, "qkv": block.attn.qkv, "proj": block.attn.proj,
              "ln2": block.ln2, "fc1": block.mlp.fc1, "fc2": block.mlp.fc2}
     for local, ref in names.items():
         got = getattr(pblock, local).serial_state(lambda p: p.grad)
         for pname, g in got.items():
-            _close(f"{mode} block {local}.{pname} grad", g, getattr(ref, pname).grad)
+            _assert_close(f"{mode} block {local}.{pname} grad", g, getattr(ref, pname).grad)
     serial.zero_grad()
     pmodel.zero_grad()
 
@@ -82,20 +82,20 @@ def _check_mode(env, mode, depth, cfg=CFG):
     logits_s, loss_s = serial(idx, targets)
     loss_s.backward()
     logits_p, loss_p = pmodel(idx, targets)
-    _close(f"{mode} loss", loss_p.detach(), loss_s.detach())
+    _assert_close(f"{mode} loss", loss_p.detach(), loss_s.detach())
     rows = pmodel.local_targets(torch.arange(BATCH))
     vg = plan.vocab_group
     v = cfg.vocab_size // vg.size
     want = logits_s.detach()[rows][..., vg.rank * v:(vg.rank + 1) * v]
-    _close(f"{mode} logits", logits_p.detach(), want)
+    _assert_close(f"{mode} logits", logits_p.detach(), want)
     loss_p.backward()
     sd = serial.state_dict()
     values = serial_state_dict(pmodel)
     grads = serial_state_dict(pmodel, grad=True)
     assert set(values) == set(sd), f"{mode}: keys differ: {set(values) ^ set(sd)}"
     for name, p in serial.named_parameters():
-        _close(f"{mode} value {name}", values[name], p.detach(), tol=0.0)
-        _close(f"{mode} grad {name}", grads[name], p.grad)
+        _assert_close(f"{mode} value {name}", values[name], p.detach(), tol=0.0)
+        _assert_close(f"{mode} grad {name}", grads[name], p.grad)
     return loss_p.item()
 
 
@@ -124,7 +124,7 @@ def test_serial_model_runs_alone():
         pmodel = parallelize(serial, build_topology(mode))
         _, lp = pmodel(idx, idx)
         _, ls = serial(idx, idx)
-        _close(f"{mode} single", lp.detach(), ls.detach())
+        _assert_close(f"{mode} single", lp.detach(), ls.detach())
 
 
 @pytest.mark.parametrize("mode, world, depth, cfg, batch, match", [
