@@ -15,7 +15,7 @@ from pathlib import Path
 from shared.checkpoint import load_checkpoint
 from shared.config import load_config, parse_config
 from shared.dist import init_distributed, main_guard
-from shared.run import log0
+from shared.run import latest_run, log0
 from shared.topology import build_topology
 
 from .config import Config
@@ -23,15 +23,6 @@ from .data import MLMData
 from .parallel import SequenceParallelBert
 from .rsa import check_sequence_split
 from .train import REPO, build_model, evaluate
-
-
-def latest_run() -> Path:
-    root = REPO / "runs" / "seqpar"
-    runs = sorted(p.parent for p in root.glob("*/checkpoint.pt"))
-    if not runs:
-        raise FileNotFoundError(f"no trained run under {root}; train one with `make train-seqpar` "
-                                f"or pass --run DIR")
-    return max(runs, key=lambda p: (p / "checkpoint.pt").stat().st_mtime)
 
 
 @dataclass
@@ -51,7 +42,7 @@ def main(argv=None) -> dict:
     args = parse_config(EvalConfig, None, argv, default_preset=None)
     if args.mode != "seq":
         raise ValueError(f"seqpar evaluates with --mode seq; got {args.mode!r}")
-    run = Path(args.run) if args.run else latest_run()
+    run = Path(args.run) if args.run else latest_run(REPO / "runs" / "seqpar")
     cfg = load_config(Config, run / "config.json")
     if args.data:
         cfg = dataclasses.replace(cfg, data=args.data)

@@ -21,7 +21,7 @@ config (dataclass configs, presets, --key value overrides)
 checkpoint (atomic, verified checkpoints)
     save_checkpoint, load_checkpoint, CheckpointError
 run (logging, progress bar with throughput, run directory with metrics and plots)
-    get_logger, log0, Progress, RunDir, read_metrics, check_finite
+    get_logger, log0, Progress, RunDir, read_metrics, check_finite, latest_run
 plot
     plot_metrics
 data (deterministic, resumable batch sampler)
@@ -68,7 +68,7 @@ from .data import EpochSampler
 from .dist import (DistEnv, SpawnError, barrier, free_port, init_distributed, is_main_process,
                    main_guard, spawn, teardown)
 from .plot import plot_metrics
-from .run import Progress, RunDir, check_finite, get_logger, log0, read_metrics
+from .run import Progress, RunDir, check_finite, get_logger, latest_run, log0, read_metrics
 from .seeding import RNGStreams, capture_rng_state, restore_rng_state, seed_everything
 from .text_corpus import Corpus, CorpusError, load_corpus
 from .topology import (MODES, Group, Topology, build_topology, check_world, coordinates, grid_rank,

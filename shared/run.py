@@ -150,6 +150,17 @@ class RunDir:
         return time.perf_counter() - self.start
 
 
+def latest_run(root) -> Path:
+    """The run directory under ``root`` (e.g. ``runs/<paper>``) whose ``checkpoint.pt`` is the
+    newest; a clear error when there is none."""
+    root = Path(root)
+    found = sorted(root.glob("*/checkpoint.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no run with a checkpoint under {root}; train one first "
+                                f"(make train-{root.name}) or pass the run's path")
+    return found[-1].parent
+
+
 def read_metrics(path) -> list[dict]:
     """The rows of a ``metrics.jsonl`` file."""
     with open(path) as f:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared import (build_topology, init_distributed, load_checkpoint, log0, main_guard,
+from shared import (build_topology, init_distributed, latest_run, load_checkpoint, log0, main_guard,
                     parse_config)
 
 from .data import load_corpus
@@ -33,17 +33,9 @@ class EvalConfig:
     batch_size: int | None = None
 
 
-def latest_checkpoint(root: Path) -> Path:
-    found = sorted(root.glob("*/checkpoint.pt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"no checkpoint under {root}; train first (make "
-                                f"train-tensor_parallel) or pass --ckpt PATH")
-    return found[-1]
-
-
 def evaluate_checkpoint(ecfg: EvalConfig) -> float:
     env = init_distributed()
-    path = Path(ecfg.ckpt) if ecfg.ckpt else latest_checkpoint(default_out_dir())
+    path = Path(ecfg.ckpt) if ecfg.ckpt else latest_run(default_out_dir()) / "checkpoint.pt"
     ckpt = load_checkpoint(path)
     if ckpt.get("format") != CKPT_FORMAT:
         raise ValueError(f"{path} is not a tensor_parallel checkpoint (format "

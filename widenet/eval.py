@@ -19,6 +19,7 @@ import torch
 from shared.checkpoint import load_checkpoint
 from shared.config import load_config, parse_config
 from shared.dist import init_distributed
+from shared.run import latest_run
 
 from .config import Config
 from .data import build_datasets
@@ -32,15 +33,6 @@ class EvalConfig:
     dataset: str = ""      # override the run's dataset kind
     mode: str = "data"
     batch_size: int = 0    # 0 = the run's batch size (the last partial batch is dropped)
-
-
-def latest_run(root: Path) -> Path:
-    runs = sorted((p for p in root.glob("*") if (p / "checkpoint.pt").is_file()),
-                  key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise FileNotFoundError(f"no finished run under {root}; train one with "
-                                f"`make train-widenet` or pass --run DIR")
-    return runs[-1]
 
 
 def main(argv=None) -> dict:

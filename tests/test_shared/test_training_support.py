@@ -139,3 +139,19 @@ def test_results_dir_keeps_smoke_numbers_out_of_results(tmp_path):
     assert results_dir(results, out=str(tmp_path / "x"), smoke=True) == tmp_path / "x"
     args = parse_config(ResultsConfig, None, ["--smoke", "--out", "somewhere"], default_preset=None)
     assert args.smoke is True and args.out == "somewhere"
+
+
+def test_latest_run_is_the_newest_checkpoint_and_names_the_train_target(tmp_path):
+    import os
+
+    from shared import latest_run
+
+    root = tmp_path / "runs" / "mypaper"
+    with pytest.raises(FileNotFoundError, match="make train-mypaper"):
+        latest_run(root)
+    for i, name in enumerate(("b", "a", "c")):
+        (root / name).mkdir(parents=True)
+        (root / name / "checkpoint.pt").write_bytes(b"x")
+        os.utime(root / name / "checkpoint.pt", (1000 + i, 1000 + i))
+    (root / "d").mkdir()  # a run without a checkpoint is skipped
+    assert latest_run(root) == root / "c"
