@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from shared.bench import PeakMemory, ResultsConfig, SavedTensorBytes, Timer, results_dir, write_table
+from shared.bench import (PeakMemory, ResultsConfig, SavedTensorBytes, Timer, copy_tables_to_readme,
+                          results_dir, write_table)
 from shared.config import parse_config
 from shared.comm import CommMeter
 from shared.dist import barrier, spawn
@@ -104,8 +105,7 @@ def main(argv=None) -> list[dict]:
                        "(shared.comm counters; a reduce-scatter counted as NCCL's ring sends it)",
                        "gloo on a shared 2-core CPU: compute and communication share the cores"])
     if not args.smoke and Path(args.out).resolve() == RESULTS:
-        from .reproduce import update_readme
-        update_readme("bench", md)
+        copy_tables_to_readme(RESULTS.parent / "README.md", RESULTS)
     print(md.read_text())
     return rows
 

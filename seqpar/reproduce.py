@@ -23,7 +23,6 @@ held-out point and its error printed. Written to ``seqpar/results/``:
 from __future__ import annotations
 
 import math
-import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.bench import ResultsConfig, results_dir, write_table
+from shared.bench import ResultsConfig, copy_tables_to_readme, results_dir, write_table
 from shared.config import parse_config
 from shared.dist import spawn
 from shared.topology import build_topology
@@ -233,20 +232,6 @@ def formula_table() -> list[dict]:
     return rows
 
 
-def update_readme(section: str, md_path: Path) -> None:
-    """Copy a generated table into README.md between ``<!-- BEGIN section -->`` markers."""
-    if not README.is_file():
-        return
-    text = README.read_text()
-    begin, end = f"<!-- BEGIN {section} -->", f"<!-- END {section} -->"
-    if begin not in text or end not in text:
-        return
-    body = md_path.read_text().replace("\n# ", "\n#### ").replace("# ", "#### ", 1)
-    text = re.sub(re.escape(begin) + r".*?" + re.escape(end),
-                  lambda _: f"{begin}\n{body}\n{end}", text, flags=re.S)
-    README.write_text(text)
-
-
 def main(argv=None) -> dict:
     args = parse_config(ResultsConfig, None, argv, default_preset=None)
     args.out = str(results_dir(RESULTS, args.out, args.smoke))
@@ -294,8 +279,7 @@ def main(argv=None) -> dict:
                "TP needs the 12 heads divisible by N; SP needs L divisible by N",
                "last row: the paper's measured ratios (13.7x batch, about 3x sequence)"])
     if not args.smoke and out.resolve() == RESULTS:
-        for section, (_, md) in paths.items():
-            update_readme(section, md)
+        copy_tables_to_readme(README, RESULTS)
     for _, md in paths.values():
         print(md.read_text())
     return {"memory": mem_rows, "paths": paths}

@@ -27,8 +27,9 @@ plot
 data (deterministic, resumable batch sampler)
     EpochSampler
 bench (CUDA-synchronised timers, peak memory, paper-vs-ours tables)
-    Timer, time_fn, PeakMemory, SavedTensorBytes, hardware_info, write_table, ResultsConfig,
-    results_dir
+    Timer, time_fn, PeakMemory, SavedTensorBytes, hardware_info, write_table, print_rows,
+    copy_tables_to_readme,
+    ResultsConfig, results_dir
 text_corpus (token corpora for the language-model papers: the Python standard library's source
 by default, or nanoGPT .bin files / text files by path)
     load_corpus, Corpus, CorpusError
@@ -55,8 +56,8 @@ tp1d (Megatron 1D tensor-parallel layers, the baseline of tensor_parallel/ and s
 bench_points (``make bench-points``: point ops vs references and scipy's cKDTree)
 export (``make export-<paper> DEST=dir``: one paper plus shared/, runnable on its own)
 """
-from .bench import (PeakMemory, ResultsConfig, SavedTensorBytes, Timer, hardware_info, results_dir,
-                    time_fn, write_table)
+from .bench import (PeakMemory, ResultsConfig, SavedTensorBytes, Timer, copy_tables_to_readme,
+                    hardware_info, print_rows, results_dir, time_fn, write_table)
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .comm import (CommMeter, Pending, RingExchange, all_gather, all_to_all, broadcast,
                    comm_stats, copy_to_group, gather_from_group, raw_all_gather, raw_all_reduce,

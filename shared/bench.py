@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -190,6 +191,36 @@ def _fmt(v) -> str:
             return "n/a"
         return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
     return "" if v is None else str(v)
+
+
+def copy_tables_to_readme(readme, results) -> list[str]:
+    """Copy generated tables into a README, so that no result there is typed by hand.
+
+    The text between each ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` marker pair of
+    ``readme`` is replaced by ``results/NAME.md`` without its ``# title`` line (the README gives
+    each table its own heading). Returns the names copied; a marker whose table does not exist
+    raises FileNotFoundError naming it.
+    """
+    readme, results = Path(readme), Path(results)
+    text = readme.read_text()
+    names = re.findall(r"<!-- table:([\w.-]+) -->", text)
+    for name in names:
+        md = results / f"{name}.md"
+        if not md.is_file():
+            raise FileNotFoundError(f"{readme} shows the table {name!r}, but {md} does not exist; "
+                                    f"run the paper's reproduce and bench commands first")
+        body = md.read_text().split("\n", 1)[1].strip()          # drop the '# title' line
+        text = re.sub(rf"(<!-- table:{re.escape(name)} -->\n).*?(<!-- /table:{re.escape(name)} -->)",
+                      lambda m: m.group(1) + body + "\n" + m.group(2), text, flags=re.S)
+    readme.write_text(text)
+    return names
+
+
+def print_rows(title: str, rows: list[dict]) -> None:
+    """Print a table's rows as ``key=value`` lines (floats to 4 significant digits)."""
+    print(f"\n{title}:")
+    for row in rows:
+        print("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
 
 
 def write_table(stem, rows: list[dict], title: str, command: str | None = None,

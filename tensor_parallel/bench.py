@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from shared import (ResultsConfig, Timer, build_topology, parse_config, results_dir, spawn, time_fn,
-                    write_table)
+from shared import (ResultsConfig, Timer, build_topology, copy_tables_to_readme, parse_config,
+                    print_rows, results_dir, spawn, time_fn, write_table)
 
 from .models import GPT, GPTConfig
 from .parallelize import parallelize
@@ -125,11 +125,10 @@ def main(argv=None):
                        "all processes share this machine's cores: times show contention and "
                        "gloo latency, not GPU scaling"])
     for name, t in (("layer overhead", overhead), ("step times", steps)):
-        print(f"\n{name}:")
-        for r in t:
-            print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                   for k, v in r.items()))
+        print_rows(name, t)
     print(f"\ntables written to {out}")
+    if not args.smoke and out == RESULTS:
+        copy_tables_to_readme(RESULTS.parent / "README.md", RESULTS)
     return overhead, steps
 
 

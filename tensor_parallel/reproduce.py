@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from shared import (CommMeter, ResultsConfig, SavedTensorBytes, build_topology, parse_config,
-                    results_dir, spawn, write_table)
+from shared import (CommMeter, ResultsConfig, SavedTensorBytes, build_topology,
+                    copy_tables_to_readme, parse_config, print_rows, results_dir, spawn,
+                    write_table)
 
 from .cost_model import Cluster, layer_calls, layer_flops, layer_sent_bytes, step_time
 from .models import GPT, GPTConfig
@@ -241,11 +242,10 @@ def main(argv=None):
                        "workload, or measured bytes of a tiny layer on 4 ranks, not "
                        "measurements on 64 GPUs"])
     for name, t in (("comm_memory", cm), ("claims", claims)):
-        print(f"\n{name}:")
-        for r in t:
-            print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                   for k, v in r.items()))
+        print_rows(name, t)
     print(f"\ntables written to {out}")
+    if not args.smoke and out == RESULTS:
+        copy_tables_to_readme(RESULTS.parent / "README.md", RESULTS)
     bad = [r for r in cm if r["equal"] != "yes"]
     if bad:
         raise SystemExit(f"measured communication differs from the closed form for "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from shared.bench import results_dir, time_fn, write_table
+from shared.bench import copy_tables_to_readme, results_dir, time_fn, write_table
 from shared.config import parse_config
 from shared.seeding import seed_everything
 
@@ -116,8 +116,7 @@ def main(argv=None):
     for row in moe_rows + tp_rows:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
     if not cfg.smoke and not cfg.out:
-        from .reproduce import copy_tables_to_readme
-        copy_tables_to_readme()
+        copy_tables_to_readme(RESULTS.parent / "README.md", RESULTS)
     print("wrote " + ", ".join(str(p) for p in paths))
     return moe_rows, tp_rows
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from shared.bench import results_dir, write_table
+from shared.bench import copy_tables_to_readme, results_dir, write_table
 from shared.config import parse_config
 
 from .config import PRESETS, Config
@@ -66,27 +66,6 @@ class ReproConfig:
 
 
 README = Path(__file__).resolve().parent / "README.md"
-README_TABLES = ["imagenet_params", "param_ratios", "scaled_down", "bench_moe_layer",
-                 "bench_throughput"]
-
-
-def copy_tables_to_readme(results: Path = RESULTS, readme: Path = README) -> None:
-    """Copy the generated ``results/*.md`` tables between the README's RESULTS markers."""
-    begin, end = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
-    text = readme.read_text()
-    if begin not in text or end not in text:
-        raise ValueError(f"{readme} lacks the {begin} / {end} markers")
-    parts = []
-    for stem in README_TABLES:
-        path = results / f"{stem}.md"
-        if path.is_file():
-            body = path.read_text().strip()           # starts with "# <title>"
-            parts.append("##" + body if body.startswith("# ") else body)
-    head, rest = text.split(begin, 1)
-    tail = rest.split(end, 1)[1]
-    readme.write_text(head + begin + "\n" + "\n\n".join(parts) + "\n" + end + tail)
-
-
 def count(name: str) -> int:
     with torch.device("meta"):
         return count_parameters(create_model(name))
@@ -167,7 +146,7 @@ def main(argv=None):
               f"{row['ours (floor M, as the paper)']} (exact {row['ours (exact counts)']})")
     if not cfg.train:
         if not cfg.smoke and not cfg.out:
-            copy_tables_to_readme()
+            copy_tables_to_readme(README, RESULTS)
         print("wrote " + ", ".join(str(p) for p in paths))
         return rows, ratios, []
     tiny_rows = scaled_down(cfg, out)
@@ -194,7 +173,7 @@ def main(argv=None):
                                 "test the paper's ImageNet claims",
                                 "train s: wall time on a CPU shared with other jobs"])
     if not cfg.smoke and not cfg.out:
-        copy_tables_to_readme()
+        copy_tables_to_readme(README, RESULTS)
     print("wrote " + ", ".join(str(p) for p in paths))
     return rows, ratios, tiny_rows
 

@@ -155,3 +155,17 @@ def test_latest_run_is_the_newest_checkpoint_and_names_the_train_target(tmp_path
         os.utime(root / name / "checkpoint.pt", (1000 + i, 1000 + i))
     (root / "d").mkdir()  # a run without a checkpoint is skipped
     assert latest_run(root) == root / "c"
+
+
+def test_copy_tables_to_readme_replaces_marked_tables_only(tmp_path):
+    from shared import copy_tables_to_readme
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "t1.md").write_text("# Title\n\n| a |\n|---|\n| 1 |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n### T1\n<!-- table:t1 -->\nold\n<!-- /table:t1 -->\nend\n")
+    assert copy_tables_to_readme(readme, tmp_path / "results") == ["t1"]
+    assert readme.read_text() == "intro\n### T1\n<!-- table:t1 -->\n| a |\n|---|\n| 1 |\n<!-- /table:t1 -->\nend\n"
+    readme.write_text("<!-- table:t2 -->\n<!-- /table:t2 -->\n")
+    with pytest.raises(FileNotFoundError, match="shows the table 't2'"):
+        copy_tables_to_readme(readme, tmp_path / "results")

@@ -53,7 +53,7 @@ def test_projection_counts_inter_node_links():
 
 
 def test_readme_tables_are_the_generated_ones():
-    """README tables are copies of results/*.md (python -m tensor_parallel.readme)."""
+    """README tables are copies of results/*.md (made by the reproduce and bench runs)."""
     from pathlib import Path
     import tensor_parallel
     here = Path(tensor_parallel.__file__).parent
@@ -61,7 +61,7 @@ def test_readme_tables_are_the_generated_ones():
     for name in ("comm_memory", "projection", "claims", "bench_layer_overhead",
                  "bench_step_times"):
         body = (here / "results" / f"{name}.md").read_text().split("\n", 1)[1].strip()
-        assert body in readme, f"README table {name} is stale; run python -m tensor_parallel.readme"
+        assert body in readme, f"README table {name} is stale; run make bench-tensor_parallel"
 
 
 @pytest.mark.parametrize("q, d", [(2, 2), (3, 2), (4, 4)])
