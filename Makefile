@@ -53,7 +53,7 @@ bench-%: setup
 	$(PY) -m $*.bench $(ARGS)
 
 bench-points: setup
-	$(PY) -m shared.bench_points $(ARGS)
+	$(PY) -m shared.pointcloud.bench_points $(ARGS)
 
 export-%: setup
 	@test -n "$(DEST)" || { echo "usage: make export-$* DEST=/path/to/dir"; exit 2; }

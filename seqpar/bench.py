@@ -22,10 +22,10 @@ import torch
 
 from shared.bench import (PeakMemory, ResultsConfig, SavedTensorBytes, Timer, copy_tables_to_readme,
                           results_dir, write_table)
-from shared.config import parse_config
-from shared.comm import CommMeter
-from shared.dist import barrier, spawn
-from shared.topology import build_topology
+from shared.train.config import parse_config
+from shared.parallel.comm import CommMeter
+from shared.parallel.dist import barrier, spawn
+from shared.parallel.topology import build_topology
 
 from .rsa import ring_self_attention
 
@@ -102,7 +102,7 @@ def main(argv=None) -> list[dict]:
                        "matmul; no = posted after it (the reference's order)",
                        "saved MB: bytes autograd keeps for backward (exact); peak: growth of the "
                        "process's peak RSS (CPU, approximate); sent: bytes each rank sends "
-                       "(shared.comm counters; a reduce-scatter counted as NCCL's ring sends it)",
+                       "(shared.parallel.comm counters; a reduce-scatter counted as NCCL's ring sends it)",
                        "gloo on a shared 2-core CPU: compute and communication share the cores"])
     if not args.smoke and Path(args.out).resolve() == RESULTS:
         copy_tables_to_readme(RESULTS.parent / "README.md", RESULTS)

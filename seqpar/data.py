@@ -1,4 +1,4 @@
-"""Masked-language-model batches over a token corpus (``shared.text_corpus``).
+"""Masked-language-model batches over a token corpus (``shared.data.text_corpus``).
 
 Items are disjoint windows of ``seq_len`` tokens of the train (or validation) split. For each
 batch, BERT's masking (Devlin et al. 2019): 15 % of the real tokens are selected as targets; of
@@ -8,7 +8,7 @@ each sample keeps a random length in ``[min_len_fraction·L, L]`` and the rest i
 
 Every rank of a sequence group builds the *same* full batch from the same seeded generator
 (no broadcast needed) and keeps its chunk; data-parallel replicas get different windows from the
-:class:`shared.data.EpochSampler` and different masking seeds.
+:class:`shared.data.sampler.EpochSampler` and different masking seeds.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from shared.text_corpus import Corpus, load_corpus
+from shared.data.text_corpus import Corpus, load_corpus
 
 
 class MLMData:

@@ -12,11 +12,11 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.checkpoint import load_checkpoint
-from shared.config import load_config, parse_config
-from shared.dist import init_distributed, main_guard
-from shared.run import latest_run, log0
-from shared.topology import build_topology
+from shared.train.checkpoint import load_checkpoint
+from shared.train.config import load_config, parse_config
+from shared.parallel.dist import init_distributed, main_guard
+from shared.train.run import latest_run, log0
+from shared.parallel.topology import build_topology
 
 from .config import Config
 from .data import MLMData

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from shared.bench import PeakMemory, SavedTensorBytes, Timer
-from shared.topology import Topology
+from shared.parallel.topology import Topology
 
 from .models.bert import BertConfig, BertMLM
 from .parallel import SequenceParallelBert

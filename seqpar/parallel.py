@@ -1,6 +1,6 @@
 """Sequence parallelism applied from outside to the serial BERT, composed with data parallelism.
 
-Layout (``shared.topology.build_topology("seq", grid_size=N)``): the world is ``dp × N``; each
+Layout (``shared.parallel.topology.build_topology("seq", grid_size=N)``): the world is ``dp × N``; each
 sequence group of N ranks holds the same samples, rank n the tokens ``[n·c, (n+1)·c)``; each
 data-parallel group holds the ranks with the same n. Weights are replicated everywhere.
 
@@ -22,9 +22,9 @@ import functools
 import torch
 import torch.nn as nn
 
-from shared.comm import raw_all_reduce
-from shared.seeding import RNGStreams
-from shared.topology import Topology
+from shared.parallel.comm import raw_all_reduce
+from shared.parallel.seeding import RNGStreams
+from shared.parallel.topology import Topology
 
 from .models.bert import BertMLM, mlm_loss_terms
 from .rsa import check_sequence_split, ring_self_attention

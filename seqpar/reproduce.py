@@ -4,7 +4,7 @@
     python -m seqpar.reproduce --smoke    # tiny sizes, seconds (the tests run this)
 
 For N = 1, 2, 4 gloo processes and each method (RSA, the memory-lean mode, Megatron 1D tensor
-parallelism of the same BERT, from ``shared.tp1d``), one training step is measured per rank:
+parallelism of the same BERT, from ``shared.parallel.tp1d``), one training step is measured per rank:
 the exact bytes autograd saves for backward (``saved_tensors_hooks``), the growth of peak memory
 and the step time. A scaled-down BERT with **2 heads** stands in for BERT-Base's 12, so tensor
 parallelism is capped at N = 2 here as it is at 12 GPUs in the paper.
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from shared.bench import ResultsConfig, copy_tables_to_readme, results_dir, write_table
-from shared.config import parse_config
-from shared.dist import spawn
-from shared.topology import build_topology
+from shared.train.config import parse_config
+from shared.parallel.dist import spawn
+from shared.parallel.topology import build_topology
 
 from .memory import build, measure_step
 from .models.bert import BertConfig

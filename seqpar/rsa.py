@@ -40,8 +40,8 @@ import math
 
 import torch
 
-from shared.comm import RingExchange, raw_reduce_scatter
-from shared.topology import Group
+from shared.parallel.comm import RingExchange, raw_reduce_scatter
+from shared.parallel.topology import Group
 
 from .models.bert import mask_value, masked_scores
 

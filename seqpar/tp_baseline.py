@@ -1,7 +1,7 @@
 """Megatron-style 1D tensor parallelism of the same BERT, the paper's baseline (for reproduce.py).
 
 Built from a serial :class:`~seqpar.models.bert.BertMLM` with the 1D layers of
-``shared.tp1d`` (Shoeybi et al. 2019): every rank holds the whole sequence and ``Z/P`` heads.
+``shared.parallel.tp1d`` (Shoeybi et al. 2019): every rank holds the whole sequence and ``Z/P`` heads.
 
 * word embedding: vocabulary-parallel (the tied MLM decoder uses the same local rows, so the
   logits stay split over the vocabulary and the loss is ``vocab_parallel_cross_entropy``);
@@ -22,10 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from shared.comm import copy_to_group
-from shared.seeding import RNGStreams
-from shared.topology import Topology
-from shared.tp1d import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
+from shared.parallel.comm import copy_to_group
+from shared.parallel.seeding import RNGStreams
+from shared.parallel.topology import Topology
+from shared.parallel.tp1d import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
                          parallel_dropout, vocab_parallel_cross_entropy)
 
 from .models.bert import BertMLM, dense_attention

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from shared import (ResultsConfig, Timer, build_topology, copy_tables_to_readme, parse_config,
-                    print_rows, results_dir, spawn, time_fn, write_table)
+from shared.bench import ResultsConfig, Timer, copy_tables_to_readme, print_rows, results_dir, time_fn, write_table
+from shared.parallel import build_topology, spawn
+from shared.train import parse_config
 
 from .models import GPT, GPTConfig
 from .parallelize import parallelize

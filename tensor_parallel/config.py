@@ -1,4 +1,4 @@
-"""Training configuration: one dataclass, presets, ``--key value`` overrides (shared.config)."""
+"""Training configuration: one dataclass, presets, ``--key value`` overrides (shared.train.config)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from shared import ConfigError, build_topology, load_checkpoint, parse_config, save_checkpoint
+from shared.parallel import build_topology
+from shared.train import ConfigError, load_checkpoint, parse_config, save_checkpoint
 
 from .models import GPT, GPTConfig
 from .parallelize import parallelize

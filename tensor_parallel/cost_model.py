@@ -3,9 +3,9 @@
 1. :func:`layer_collectives` lists, for one pre-LN transformer layer (LN, qkv, attention, proj,
    LN, fc1, GELU, fc2) and one training step (forward + backward), every collective a rank of
    each mode issues, with the size ``M`` (elements of the full logical tensor) that
-   :mod:`shared.comm` counts. It follows the layer code of this package (the brief's formulas for
+   :mod:`shared.parallel.comm` counts. It follows the layer code of this package (the brief's formulas for
    the Linears, plus the LayerNorm statistics, bias and γ/β collectives and the 2.5D depth
-   all-reduce). ``reproduce.py`` checks that the bytes ``shared.comm`` *measures* equal it.
+   all-reduce). ``reproduce.py`` checks that the bytes ``shared.parallel.comm`` *measures* equal it.
 
    Per Linear (k in, n out, N tokens of the global batch), elements sent per rank:
    1D 2(P−1)/P·N·n or ·N·k; 2D 3(q−1)(Nk+kn)/q²; 2.5D 3(q−1)(Nk/d+kn)/q² + 2(d−1)/d·kn/q²;
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.topology import grid_shape, group_members
+from shared.parallel.topology import grid_shape, group_members
 
 RING = {"all_reduce": lambda g: 2.0 * (g - 1) / g, "all_gather": lambda g: (g - 1) / g,
         "reduce_scatter": lambda g: (g - 1) / g, "broadcast": lambda g: (g - 1) / g,

@@ -1,4 +1,4 @@
-"""Data for the language model: the shared byte/token corpora (shared.text_corpus) and the
+"""Data for the language model: the shared byte/token corpora (shared.data.text_corpus) and the
 vocabulary padding the parallel LM head needs.
 
 Default: the Python standard library's own source files, byte level (vocabulary 256),
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from shared.text_corpus import Corpus, CorpusError, load_corpus
+from shared.data.text_corpus import Corpus, CorpusError, load_corpus
 
 __all__ = ["Corpus", "CorpusError", "load_corpus", "grid_divisor", "padded_vocab"]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared import (build_topology, init_distributed, latest_run, load_checkpoint, log0, main_guard,
-                    parse_config)
+from shared.parallel import build_topology, init_distributed, main_guard
+from shared.train import latest_run, load_checkpoint, log0, parse_config
 
 from .data import load_corpus
 from .models import GPT, GPTConfig

@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from shared.comm import (all_gather, copy_to_group, raw_all_gather, raw_broadcast, raw_reduce,
+from shared.parallel.comm import (all_gather, copy_to_group, raw_all_gather, raw_broadcast, raw_reduce,
                          reduce_from_group)
-from shared.topology import Group
+from shared.parallel.topology import Group
 
 
 @dataclass

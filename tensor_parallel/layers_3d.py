@@ -10,7 +10,7 @@ A Linear3D is built with three groups ``inp``, ``out``, ``wgt`` (see :class:`Gro
 * forward: all-gather X over ``inp`` (batch) → [b/q, s, k/q]; all-gather W over ``wgt`` →
   [k/q, n/q]; local matmul (a partial sum over the ``out`` ranks); reduce-scatter over ``out``
   (batch) → Y [b/q², s, n/q]: batch block ``wgt·q + out``, hidden block ``inp``;
-* backward (the adjoints, from shared.comm): all-gather dY over ``out``, dX reduce-scatter over
+* backward (the adjoints, from shared.parallel.comm): all-gather dY over ``out``, dX reduce-scatter over
   ``inp``, dW reduce-scatter over ``wgt``. Per rank: 2(q−1)(N·k + k·n + N·n)/q³ elements.
 
 Because Y's hidden block is indexed by the ``inp`` coordinate, the next Linear3D swaps ``inp`` and
@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from shared.comm import all_gather, copy_to_group, raw_all_gather, reduce_from_group, reduce_scatter
-from shared.topology import Group
+from shared.parallel.comm import all_gather, copy_to_group, raw_all_gather, reduce_from_group, reduce_scatter
+from shared.parallel.topology import Group
 
 
 @dataclass

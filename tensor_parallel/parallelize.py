@@ -18,7 +18,7 @@ mode   activation on a rank                    batch split over    loss averaged
 =====  =====================================  ==================  ==========================
 
 The LM head is a parallel Linear whose logits stay split along the vocabulary; the loss is the
-vocabulary-parallel cross-entropy of :mod:`shared.tp1d` over the group holding the other
+vocabulary-parallel cross-entropy of :mod:`shared.parallel.tp1d` over the group holding the other
 vocabulary chunks of the same rows (1d: tensor; 2d/2p5d: row; 3d: input).
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from shared.comm import raw_all_gather, raw_all_reduce, reduce_from_group
-from shared.tp1d import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
+from shared.parallel.comm import raw_all_gather, raw_all_reduce, reduce_from_group
+from shared.parallel.tp1d import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
                          parallel_dropout, vocab_parallel_cross_entropy)
 
 from .layers_2d import Embedding2D, Grid2D, LayerNorm2D, Linear2D
@@ -91,7 +91,7 @@ class _Replicated(nn.Module):
 
 
 class _Wrap1D(nn.Module):
-    """A shared.tp1d layer plus the gather of its values or gradients to the serial layout."""
+    """A shared.parallel.tp1d layer plus the gather of its values or gradients to the serial layout."""
 
     def __init__(self, layer: nn.Module, dims: dict):
         super().__init__()
@@ -331,7 +331,7 @@ def _pairs(pmodel, serial):
 
 
 def set_streams(pmodel: ParallelGPT, streams) -> None:
-    """Use ``streams`` (shared.seeding.RNGStreams) for every dropout of the model."""
+    """Use ``streams`` (shared.parallel.seeding.RNGStreams) for every dropout of the model."""
     pmodel.streams = streams
     for b in pmodel.blocks:
         b.streams = streams

@@ -7,7 +7,7 @@ then an alpha-beta projection to the papers' GPU counts beside the papers' headl
 For each mode and world size (gloo processes on this machine) one transformer layer runs a
 forward and backward pass on its shard of a global batch; per rank we record
 
-* the bytes it sends, from shared.comm's counters (ring algorithm), and the number of
+* the bytes it sends, from shared.parallel.comm's counters (ring algorithm), and the number of
   collectives, beside the closed form of :mod:`tensor_parallel.cost_model`;
 * the bytes of its parameters;
 * the bytes of the tensors autograd saves for backward, counted exactly with
@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from shared import (CommMeter, ResultsConfig, SavedTensorBytes, build_topology,
-                    copy_tables_to_readme, parse_config, print_rows, results_dir, spawn,
-                    write_table)
+from shared.bench import ResultsConfig, SavedTensorBytes, copy_tables_to_readme, print_rows, results_dir, write_table
+from shared.parallel import CommMeter, build_topology, spawn
+from shared.train import parse_config
 
 from .cost_model import Cluster, layer_calls, layer_flops, layer_sent_bytes, step_time
 from .models import GPT, GPTConfig
@@ -219,7 +219,7 @@ def main(argv=None):
              f"hidden {sizes['hidden']}, heads {sizes['heads']}, fp32, gloo on CPU")
     write_table(out / "comm_memory", cm, "Per-rank communication and memory of one transformer "
                 "layer (forward + backward)", seed=0, notes=[
-                    scale, "sent bytes: shared.comm counters (ring algorithm), busiest rank; "
+                    scale, "sent bytes: shared.parallel.comm counters (ring algorithm), busiest rank; "
                     "closed form: tensor_parallel/cost_model.py; 'equal' = every rank's measured "
                     "bytes and the call count match it",
                     "saved act: distinct storages saved for backward (saved_tensors_hooks), "

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from shared import (EpochSampler, Progress, RNGStreams, RunDir, build_topology, capture_rng_state,
-                    check_finite, init_distributed, load_checkpoint, log0, main_guard,
-                    parse_config, restore_rng_state, seed_everything)
+from shared.data.sampler import EpochSampler
+from shared.parallel import RNGStreams, build_topology, capture_rng_state, init_distributed, main_guard, restore_rng_state, seed_everything
+from shared.train import Progress, RunDir, check_finite, load_checkpoint, log0, parse_config
 
 from .config import PRESETS, Config
 from .data import load_corpus, padded_vocab

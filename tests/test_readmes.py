@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from shared import copy_tables_to_readme
+from shared.bench import copy_tables_to_readme
 from shared.export import ROOT
 
 PAPERS = [p.name for p in sorted(ROOT.iterdir())

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from shared.bench import copy_tables_to_readme, results_dir, time_fn, write_table
-from shared.config import parse_config
-from shared.seeding import seed_everything
+from shared.train.config import parse_config
+from shared.parallel.seeding import seed_everything
 
 from .models import MoE, create_model
 from .models.vit import Mlp

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from shared.checkpoint import load_checkpoint
-from shared.config import load_config, parse_config
-from shared.dist import init_distributed
-from shared.run import latest_run
+from shared.train.checkpoint import load_checkpoint
+from shared.train.config import load_config, parse_config
+from shared.parallel.dist import init_distributed
+from shared.train.run import latest_run
 
 from .config import Config
 from .data import build_datasets

@@ -1,6 +1,6 @@
 """Expert parallelism applied from outside the model, and gradient synchronisation.
 
-Layout (``shared.topology.build_topology("expert", grid_size=R)``): the R ranks of an expert
+Layout (``shared.parallel.topology.build_topology("expert", grid_size=R)``): the R ranks of an expert
 group each hold ``E / R`` experts of every MoE layer and their own share of the batch; all other
 parameters (embeddings, attention, LayerNorms, router, head) are replicated. Each rank routes its
 own tokens with capacity ``C = floor(T_local cf k / E)`` (per-device capacity, as in the official
@@ -13,7 +13,7 @@ a seed gives the same model as serial) and exchanges the dispatch buffer by all-
     buffer (E, C, d) --all_to_all(scatter experts, gather slots)--> (E/R, R*C, d)
         local experts --> (E/R, R*C, d) --all_to_all(scatter slots, gather experts)--> (E, C, d)
 
-The backward of ``shared.comm.all_to_all`` is the inverse exchange, so each local expert's
+The backward of ``shared.parallel.comm.all_to_all`` is the inverse exchange, so each local expert's
 gradient sums the contributions of the tokens of all R ranks.
 
 :func:`sync_gradients` turns per-rank gradients of the local mean loss into gradients of the mean
@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from shared.comm import all_to_all, raw_all_reduce
-from shared.topology import Group
+from shared.parallel.comm import all_to_all, raw_all_reduce
+from shared.parallel.topology import Group
 
 from .models.moe import Experts
 from .models.vit import moe_modules

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from shared.bench import copy_tables_to_readme, results_dir, write_table
-from shared.config import parse_config
+from shared.train.config import parse_config
 
 from .config import PRESETS, Config
 from .models import count_parameters, create_model

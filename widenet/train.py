@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from shared.checkpoint import load_checkpoint, save_checkpoint
-from shared.comm import raw_all_reduce
-from shared.config import parse_config
-from shared.data import EpochSampler
-from shared.dist import init_distributed, main_guard
-from shared.run import Progress, RunDir, check_finite, log0
-from shared.seeding import capture_rng_state, restore_rng_state, seed_everything
-from shared.topology import build_topology
+from shared.train.checkpoint import load_checkpoint, save_checkpoint
+from shared.parallel.comm import raw_all_reduce
+from shared.train.config import parse_config
+from shared.data.sampler import EpochSampler
+from shared.parallel.dist import init_distributed, main_guard
+from shared.train.run import Progress, RunDir, check_finite, log0
+from shared.parallel.seeding import capture_rng_state, restore_rng_state, seed_everything
+from shared.parallel.topology import build_topology
 
 from .config import PRESETS, Config
 from .data import build_datasets

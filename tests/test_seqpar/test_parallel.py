@@ -13,9 +13,9 @@ a wrong block origin, a missing mask, a gradient not summed) gives errors of ord
 import pytest
 import torch
 
-from shared.comm import CommMeter
-from shared.dist import spawn
-from shared.topology import build_topology, single_group
+from shared.parallel.comm import CommMeter
+from shared.parallel.dist import spawn
+from shared.parallel.topology import build_topology, single_group
 
 from seqpar import rsa
 from seqpar.models.bert import BertConfig, BertMLM, dense_attention, mlm_loss_terms

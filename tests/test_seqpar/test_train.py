@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.checkpoint import load_checkpoint
-from shared.dist import SpawnError, spawn
-from shared.text_corpus import load_corpus
+from shared.train.checkpoint import load_checkpoint
+from shared.parallel.dist import SpawnError, spawn
+from shared.data.text_corpus import load_corpus
 
 from seqpar import bench, reproduce
 from seqpar import eval as seqpar_eval

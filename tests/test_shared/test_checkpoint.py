@@ -1,11 +1,14 @@
 """Atomic, verified checkpoints, and exact resume of a training run."""
+import os
+import stat
 
 import pytest
 import torch
 from torch import nn
 
-from shared import (CheckpointError, EpochSampler, RNGStreams, capture_rng_state,
-                    load_checkpoint, restore_rng_state, save_checkpoint, seed_everything)
+from shared.data.sampler import EpochSampler
+from shared.parallel import RNGStreams, capture_rng_state, restore_rng_state, seed_everything
+from shared.train import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def test_round_trip(tmp_path):
@@ -119,3 +122,25 @@ def test_resume_detects_other_data(tmp_path):
     s = EpochSampler(37, 8)
     with pytest.raises(ValueError, match="resume with the same data"):
         EpochSampler(40, 8).load_state_dict(s.state_dict())
+
+
+# ---- file mode -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_checkpoint_mode_follows_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint({"step": 1}, tmp_path / "ckpt.pt")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode, oct(path.stat().st_mode)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_checkpoint_error_is_a_usage_error(tmp_path):
+    from shared.errors import UsageError
+    with pytest.raises(UsageError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")

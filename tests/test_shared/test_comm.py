@@ -1,4 +1,4 @@
-"""Every collective of shared.comm, forward and backward, against a single-process reference.
+"""Every collective of shared.parallel.comm, forward and backward, against a single-process reference.
 
 Each rank r draws its input x_r and the upstream gradient g_r from seeds that every rank knows,
 so every rank can also evaluate the *serial reference* F(x_0, …, x_{g-1}) -> (y_0, …, y_{g-1})
@@ -14,9 +14,9 @@ ranks are mapped to global ranks correctly for broadcast, reduce and ring steps.
 import pytest
 import torch
 
-import shared
-from shared import comm
-from shared.topology import Group, single_group
+import shared.parallel as shared
+from shared.parallel import comm
+from shared.parallel.topology import Group, single_group
 
 TOL = dict(rtol=1e-12, atol=1e-12)
 

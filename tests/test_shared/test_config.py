@@ -4,7 +4,7 @@ from typing import Optional
 
 import pytest
 
-from shared import ConfigError, load_config, parse_config, save_config
+from shared.train import ConfigError, load_config, parse_config, save_config
 
 
 @dataclass

@@ -5,8 +5,8 @@ import time
 import pytest
 import torch
 
-import shared
-from shared import SpawnError, spawn
+import shared.parallel as shared
+from shared.parallel import SpawnError, spawn
 
 
 def _echo(env, base):

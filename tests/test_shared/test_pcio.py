@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from shared import pcio
+from shared.pointcloud import pcio
 
 
 def _pts(n=37, seed=0):
@@ -34,7 +34,7 @@ def test_xyz_and_off(tmp_path):
     pts = _pts()
     back = pcio.read_points(pcio.write_points(tmp_path / "c.xyz", pts))
     np.testing.assert_allclose(back.points, pts, rtol=1e-6, atol=1e-6)
-    from shared.shapes import make_mesh
+    from shared.pointcloud.shapes import make_mesh
     m = make_mesh("table", 0)
     path = pcio.write_mesh(tmp_path / "table.off", m.vertices, m.triangles)
     v, t = pcio.read_mesh(path)

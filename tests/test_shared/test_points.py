@@ -1,4 +1,4 @@
-"""shared.points against the slow loop references (exact equality of indices and distances).
+"""shared.pointcloud.points against the slow loop references (exact equality of indices and distances).
 
 Both sides compute squared distances with the same float operations in the same order
 (``(dx*dx + dy*dy) + dz*dz``), so indices and distances must agree bit for bit, including the
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared import points as P
+from shared.pointcloud import points as P
 
 
 def _cloud(b, n, seed, dtype=torch.float32):
@@ -256,7 +256,7 @@ def test_normalize_unit_sphere():
 # ----------------------------------------------------------------------------- bench smoke
 
 def test_bench_points_smoke(tmp_path):
-    from shared import bench_points
+    from shared.pointcloud import bench_points
     rows = bench_points.main(["--smoke", "--out", str(tmp_path / "bp")])
     assert {r["op"].split(" r=")[0].split(" k=")[0] for r in rows} == \
         {"farthest point sampling", "ball query", "kNN"}

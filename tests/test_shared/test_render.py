@@ -4,7 +4,7 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from shared import render as R
+from shared.pointcloud import render as R
 
 
 def _cloud(n=500):

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from shared import scenes as SC
+from shared.pointcloud import scenes as SC
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ the radius; everything else is placed on a face exactly (float64 rounding only).
 import numpy as np
 import pytest
 
-from shared import shapes as S
+from shared.pointcloud import shapes as S
 
 SEEDS = (0, 1, 2)
 
@@ -108,7 +108,7 @@ def test_cli_writes_picture(tmp_path):
 
 def test_rotated_shape_keeps_keypoints_on_the_surface():
     import torch
-    from shared.points import random_rotation
+    from shared.pointcloud.points import random_rotation
     s = S.make_shape("mug", 4, 512)
     R = random_rotation(generator=torch.Generator().manual_seed(0))
     r = s.rotated(R)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared import CorpusError, load_corpus
+from shared.data import CorpusError, load_corpus
 
 
 def test_default_corpus_is_deterministic_python_source():

@@ -2,7 +2,7 @@
 processes; the process groups themselves are exercised in test_comm.py)."""
 import pytest
 
-from shared import topology as T
+from shared.parallel import topology as T
 
 
 def _partition_ok(groups, world):

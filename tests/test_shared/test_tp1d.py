@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from shared import build_topology, spawn
-from shared.tp1d import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
+from shared.parallel import build_topology, spawn
+from shared.parallel.tp1d import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
                          parallel_dropout, vocab_parallel_cross_entropy)
-from shared.seeding import RNGStreams
+from shared.parallel.seeding import RNGStreams
 
 TOL = 1e-5
 
@@ -120,7 +120,7 @@ def test_tp1d_layers_match_serial(world):
 
 
 def test_tp1d_rejects_indivisible_sizes():
-    from shared.topology import Group
+    from shared.parallel.topology import Group
     g = Group("1d.tensor", (0, 1, 2, 3), 0, None)
     with pytest.raises(ValueError, match="out_features = 10 is not divisible by the 4 ranks"):
         ColumnParallelLinear(8, 10, g)

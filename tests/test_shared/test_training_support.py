@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-import shared
-from shared import PeakMemory, Progress, RNGStreams, RunDir, read_metrics, time_fn, write_table
+import shared.train as shared
+from shared.bench import PeakMemory, time_fn, write_table
+from shared.parallel import RNGStreams
+from shared.train import Progress, RunDir, read_metrics
 
 
 def test_replicated_streams_agree_across_ranks_and_sharded_ones_differ():
@@ -117,7 +119,7 @@ def test_write_table_has_header_and_rows(tmp_path):
 
 
 def test_saved_tensor_bytes_counts_each_storage_once_and_skips_parameters():
-    from shared import SavedTensorBytes
+    from shared.bench import SavedTensorBytes
 
     x = torch.randn(5, 7, requires_grad=True)
     w = nn.Parameter(torch.randn(7, 3))
@@ -131,7 +133,8 @@ def test_saved_tensor_bytes_counts_each_storage_once_and_skips_parameters():
 
 
 def test_results_dir_keeps_smoke_numbers_out_of_results(tmp_path):
-    from shared import ResultsConfig, parse_config, results_dir
+    from shared.bench import ResultsConfig, results_dir
+    from shared.train import parse_config
 
     results = tmp_path / "repo" / "paper" / "results"
     assert results_dir(results) == results
@@ -144,7 +147,7 @@ def test_results_dir_keeps_smoke_numbers_out_of_results(tmp_path):
 def test_latest_run_is_the_newest_checkpoint_and_names_the_train_target(tmp_path):
     import os
 
-    from shared import latest_run
+    from shared.train import latest_run
 
     root = tmp_path / "runs" / "mypaper"
     with pytest.raises(FileNotFoundError, match="make train-mypaper"):
@@ -158,7 +161,7 @@ def test_latest_run_is_the_newest_checkpoint_and_names_the_train_target(tmp_path
 
 
 def test_copy_tables_to_readme_replaces_marked_tables_only(tmp_path):
-    from shared import copy_tables_to_readme
+    from shared.bench import copy_tables_to_readme
 
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "t1.md").write_text("# Title\n\n| a |\n|---|\n| 1 |\n")

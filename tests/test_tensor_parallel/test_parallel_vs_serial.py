@@ -19,7 +19,7 @@ q=3 (9 ranks) uses hidden 36, heads 6.
 import pytest
 import torch
 
-from shared import build_topology, spawn
+from shared.parallel import build_topology, spawn
 from tensor_parallel.models import GPT, GPTConfig
 from tensor_parallel.parallelize import (parallelize, serial_state_dict,
                                          check_shapes)
@@ -152,7 +152,7 @@ def test_bad_world_sizes(mode, world, depth, match):
 
 
 def _dropout_worker(env):
-    from shared import RNGStreams
+    from shared.parallel import RNGStreams
     from tensor_parallel.parallelize import set_streams
     cfg = GPTConfig(vocab_size=36, seq_len=5, hidden=24, heads=12, layers=1, dropout=0.3)
     topo = build_topology("1d")

@@ -7,8 +7,9 @@ for a plain evaluation of the same weights (no optimizer in between).
 import pytest
 import torch
 
-from shared import SpawnError, parse_config, spawn
-from shared.text_corpus import CorpusError
+from shared.parallel import SpawnError, spawn
+from shared.train import parse_config
+from shared.data.text_corpus import CorpusError
 from tensor_parallel import eval as tp_eval
 from tensor_parallel import train as tp_train
 from tensor_parallel.config import PRESETS, Config

@@ -10,8 +10,8 @@ import copy
 import pytest
 import torch
 
-from shared.dist import spawn
-from shared.topology import build_topology
+from shared.parallel.dist import spawn
+from shared.parallel.topology import build_topology
 from widenet.models import MoE, create_model, expert_capacity, load_balance_loss
 from widenet.models.moe import assign_slots
 from widenet.parallel import apply_expert_parallel, sync_gradients
@@ -214,7 +214,7 @@ def test_expert_parallel_matches_single_process(world, num_experts, grid):
 
 
 def test_expert_parallel_rejects_indivisible_experts():
-    from shared.topology import Group
+    from shared.parallel.topology import Group
     from widenet.parallel import ShardedExperts
     moe = MoE(8, 8, num_experts=4)
     with pytest.raises(ValueError, match="4 experts cannot be split evenly over 3"):

@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 import torch
 
-from shared.checkpoint import load_checkpoint
-from shared.dist import spawn
-from shared.run import read_metrics
+from shared.train.checkpoint import load_checkpoint
+from shared.parallel.dist import spawn
+from shared.train.run import read_metrics
 from widenet import bench, reproduce
 from widenet.config import PRESETS, Config
 from widenet.eval import main as eval_main

@@ -21,11 +21,11 @@ with ``from_serial(module, group)`` from a full serial module; ``to_serial()`` g
 module back (on every rank). A transformer layer built as qkv/fc1 column + proj/fc2 row issues
 2 all-reduces of ``N·h`` forward and 2 backward (``N`` tokens, ``h`` hidden).
 
-Dropout: :func:`parallel_dropout` draws from an :class:`shared.seeding.RNGStreams` stream:
+Dropout: :func:`parallel_dropout` draws from an :class:`shared.parallel.seeding.RNGStreams` stream:
 ``"replicated"`` for activations that are identical on every rank (after a row-parallel
 all-reduce), ``"sharded"`` for activations that differ per rank (attention heads).
 
-All collectives go through :mod:`shared.comm`; nothing here calls ``torch.distributed``.
+All collectives go through :mod:`shared.parallel.comm`; nothing here calls ``torch.distributed``.
 """
 from __future__ import annotations
 

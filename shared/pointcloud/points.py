@@ -21,7 +21,7 @@ Every operation loops over points only through tensor operations (FPS loops over
 which is inherent to the algorithm). Squared distances are always computed as
 ``(dx*dx + dy*dy) + dz*dz`` in the input dtype, so results are bit-for-bit reproducible by the
 slow references at the end of this file (``reference_*``), which the tests and
-``python -m shared.bench_points`` compare against. Ties (duplicate points) are broken towards the
+``python -m shared.pointcloud.bench_points`` compare against. Ties (duplicate points) are broken towards the
 lower index everywhere, as those references do.
 """
 from __future__ import annotations
@@ -512,7 +512,7 @@ def normalize_unit_sphere(points: torch.Tensor):
 
 # ----------------------------------------------------------------------------- slow references
 # Straightforward loops over clouds and query points, numpy on the CPU, the same distance
-# formula; used by the tests (equality) and by shared.bench_points (speed baseline).
+# formula; used by the tests (equality) and by shared.pointcloud.bench_points (speed baseline).
 
 def _ref_d2(points: np.ndarray, q: np.ndarray) -> np.ndarray:
     return (points[:, 0] - q[0]) * (points[:, 0] - q[0]) + (points[:, 1] - q[1]) * \

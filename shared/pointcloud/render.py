@@ -31,7 +31,7 @@ def _to_plot(p: np.ndarray) -> np.ndarray:
 
 def box_edges(centre, half_extents, yaw: float = 0.0) -> np.ndarray:
     """The 12 edges ``(12, 2, 3)`` of a box rotated by ``yaw`` about y (right-handed, as
-    :func:`shared.points.yaw_rotation`), for the ``segments`` argument."""
+    :func:`shared.pointcloud.points.yaw_rotation`), for the ``segments`` argument."""
     c, h = np.asarray(centre, float), np.asarray(half_extents, float)
     signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float)
     cos, sin = np.cos(yaw), np.sin(yaw)

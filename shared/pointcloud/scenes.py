@@ -1,4 +1,4 @@
-"""Procedural indoor scenes: a floor, walls and furniture from :mod:`shared.shapes`, with per-point
+"""Procedural indoor scenes: a floor, walls and furniture from :mod:`shared.pointcloud.shapes`, with per-point
 class and instance labels and oriented ground-truth boxes (default data for 3D detection).
 
     scene = make_scene(seed=0, n_points=20000)
@@ -11,12 +11,12 @@ class and instance labels and oriented ground-truth boxes (default data for 3D d
     scene.box_labels (M,) int64
 
 Box convention: a point ``p`` is inside box ``(c, h, yaw)`` when ``|R_y(yaw)^T (p - c)| <= h``
-component-wise, with ``R_y`` the right-handed rotation of :func:`shared.points.yaw_rotation`
+component-wise, with ``R_y`` the right-handed rotation of :func:`shared.pointcloud.points.yaw_rotation`
 (``[[cos, 0, sin], [0, 1, 0], [-sin, 0, cos]]``); the object's front (+z of its canonical frame)
 points along ``R_y(yaw) e_z``. Objects get a uniform random yaw and are placed by rejection
 sampling so that their footprint circles neither overlap each other nor cross the walls.
 
-Command line: ``python -m shared.scenes --seed 0 --out scene.png`` renders one scene coloured by
+Command line: ``python -m shared.pointcloud.scenes --seed 0 --out scene.png`` renders one scene coloured by
 class with its boxes.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Scene:
 # ----------------------------------------------------------------------------- box geometry
 
 def yaw_matrix(yaw: float) -> np.ndarray:
-    """Right-handed rotation about y (numpy twin of :func:`shared.points.yaw_rotation`)."""
+    """Right-handed rotation about y (numpy twin of :func:`shared.pointcloud.points.yaw_rotation`)."""
     c, s = math.cos(yaw), math.sin(yaw)
     return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
 

@@ -14,17 +14,13 @@ def pyplot():
     return plt
 
 
-def plot_metrics(metrics_path, out, keys=None, title: str | None = None) -> Path:
-    """One panel per metric (every numeric key but step/time, or ``keys``), against step.
-
-    Rows lacking a key (e.g. validation every N steps) are skipped for that panel.
+def plot_metrics(rows: list[dict], out, keys=None, title: str | None = None) -> Path:
+    """One panel per metric of ``rows`` (every numeric key but step/time, or ``keys``), against
+    step. Rows lacking a key (e.g. validation every N steps) are skipped for that panel.
     """
-    from .run import read_metrics
-
     plt = pyplot()
-    rows = read_metrics(metrics_path)
     if not rows:
-        raise ValueError(f"{metrics_path} holds no metrics to plot")
+        raise ValueError(f"no metrics to plot into {out}")
     if keys is None:
         keys = []
         for row in rows:
@@ -32,7 +28,7 @@ def plot_metrics(metrics_path, out, keys=None, title: str | None = None) -> Path
                 if k not in ("step", "time") and isinstance(v, (int, float)) and k not in keys:
                     keys.append(k)
     if not keys:
-        raise ValueError(f"{metrics_path} has no numeric metric besides step and time")
+        raise ValueError(f"the metrics for {out} have no numeric value besides step and time")
     cols = min(3, len(keys))
     nrows = (len(keys) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)

@@ -1,19 +1,15 @@
-"""Benchmark helpers: timers that synchronise CUDA, peak memory, and paper-vs-ours tables.
+"""Measurement: timers that synchronise CUDA, peak memory (RSS or the CUDA allocator), bytes
+saved for backward, and a one-line description of the hardware.
 
 Speed and memory targets are reported as ratios against a baseline measured in the same
 process, so the numbers mean something on any machine; :func:`hardware_info` records which.
 """
 from __future__ import annotations
 
-import csv
 import os
 import platform
-import re
 import statistics
-import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -147,28 +143,6 @@ class SavedTensorBytes:
         return False
 
 
-@dataclass
-class ResultsConfig:
-    """Options shared by every paper's ``reproduce.py`` and ``bench.py`` (parsed with
-    :func:`shared.config.parse_config`, so ``--smoke`` alone means true)."""
-    smoke: bool = False
-    """tiny sizes that run in seconds (what the tests run); never written into results/"""
-    out: str = ""
-    """output directory; "" = the paper's results/ (or runs/<paper>/smoke_results with --smoke)"""
-
-
-def results_dir(results, out: str = "", smoke: bool = False) -> Path:
-    """Where a reproduce/bench run writes its tables: ``out`` when given; otherwise the paper's
-    committed ``results`` folder for full runs and ``<repo>/runs/<paper>/smoke_results`` for smoke
-    runs, so smoke numbers never enter ``results/``."""
-    if out:
-        return Path(out)
-    results = Path(results)
-    if smoke:
-        return results.parent.parent / "runs" / results.parent.name / "smoke_results"
-    return results
-
-
 def hardware_info() -> str:
     """One line: CPU model and cores, GPU (if any), torch and Python versions."""
     cpu = platform.processor() or platform.machine()
@@ -185,74 +159,3 @@ def hardware_info() -> str:
             f"Python {platform.python_version()}")
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        if v != v:
-            return "n/a"
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
-    return "" if v is None else str(v)
-
-
-def copy_tables_to_readme(readme, results) -> list[str]:
-    """Copy generated tables into a README, so that no result there is typed by hand.
-
-    The text between each ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` marker pair of
-    ``readme`` is replaced by ``results/NAME.md`` without its ``# title`` line (the README gives
-    each table its own heading). Returns the names copied; a marker whose table does not exist
-    raises FileNotFoundError naming it.
-    """
-    readme, results = Path(readme), Path(results)
-    text = readme.read_text()
-    names = re.findall(r"<!-- table:([\w.-]+) -->", text)
-    for name in names:
-        md = results / f"{name}.md"
-        if not md.is_file():
-            raise FileNotFoundError(f"{readme} shows the table {name!r}, but {md} does not exist; "
-                                    f"run the paper's reproduce and bench commands first")
-        body = md.read_text().split("\n", 1)[1].strip()          # drop the '# title' line
-        text = re.sub(rf"(<!-- table:{re.escape(name)} -->\n).*?(<!-- /table:{re.escape(name)} -->)",
-                      lambda m: m.group(1) + body + "\n" + m.group(2), text, flags=re.S)
-    readme.write_text(text)
-    return names
-
-
-def print_rows(title: str, rows: list[dict]) -> None:
-    """Print a table's rows as ``key=value`` lines (floats to 4 significant digits)."""
-    print(f"\n{title}:")
-    for row in rows:
-        print("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
-
-
-def write_table(stem, rows: list[dict], title: str, command: str | None = None,
-                seed: int | None = None, notes: list[str] | tuple = (), columns=None) -> tuple[Path, Path]:
-    """Write ``<stem>.csv`` and ``<stem>.md`` from a list of row dicts.
-
-    The Markdown starts with the title, the command that produced it (default: this process's
-    command line), the hardware, the seed and the notes (e.g. "paper: Table 3 of arXiv …;
-    ours: scaled-down, tiny preset"). Paper columns must hold only numbers quoted from the paper.
-    """
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    if columns is None:
-        columns = []
-        for row in rows:
-            for k in row:
-                if k not in columns:
-                    columns.append(k)
-    command = command or " ".join(getattr(sys, "orig_argv", sys.argv))
-    csv_path = stem.with_suffix(".csv")
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: row.get(k, "") for k in columns})
-    md = [f"# {title}", "", f"- command: `{command}`", f"- hardware: {hardware_info()}",
-          f"- date: {time.strftime('%Y-%m-%d')}"]
-    if seed is not None:
-        md.append(f"- seed: {seed}")
-    md += [f"- {n}" for n in notes]
-    md += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    md += ["| " + " | ".join(_fmt(row.get(k)) for k in columns) + " |" for row in rows]
-    md_path = stem.with_suffix(".md")
-    md_path.write_text("\n".join(md) + "\n")
-    return csv_path, md_path

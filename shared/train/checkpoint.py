@@ -3,13 +3,15 @@
 File format: an 8-byte magic ``b"CKPT0001"``, the 64-character SHA-256 hex digest of the
 payload, then the payload (``torch.save`` of the state dict). ``save_checkpoint`` writes a
 temporary file in the same directory, flushes it to disk and renames it over the target, so a
-crash or a failed write leaves the previous checkpoint intact. ``load_checkpoint`` checks the
+crash or a failed write leaves the previous checkpoint intact. The file's mode follows the
+process umask like any other file (``0o644`` under the usual umask ``0o022``), so a teammate
+sharing the run directory can read it. ``load_checkpoint`` checks the
 magic and the digest, so a truncated or corrupted file gives one clear :class:`CheckpointError`
 instead of garbage weights.
 
 For exact resume, save everything that determines the future of a run: model, optimizer and
-scheduler state dicts, :func:`shared.seeding.capture_rng_state`, any :class:`RNGStreams`, the
-step, and the data position (e.g. :meth:`shared.data.EpochSampler.state_dict`).
+scheduler state dicts, :func:`shared.parallel.seeding.capture_rng_state`, any :class:`RNGStreams`, the
+step, and the data position (e.g. :meth:`shared.data.sampler.EpochSampler.state_dict`).
 """
 from __future__ import annotations
 
@@ -21,12 +23,28 @@ from pathlib import Path
 
 import torch
 
+from shared.errors import UsageError
+
 MAGIC = b"CKPT0001"
 _DIGEST_LEN = 64
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UsageError):
     """A checkpoint that is missing, truncated, corrupt or of another format."""
+
+
+def _umask() -> int:
+    """The process umask: from ``/proc/self/status`` on Linux (no side effect), else by setting
+    it and restoring it at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(state: dict, path) -> Path:
@@ -39,6 +57,9 @@ def save_checkpoint(state: dict, path) -> Path:
     digest = hashlib.sha256(payload).hexdigest().encode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file 0600; give it the mode open() would have (0666 & ~umask)
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(MAGIC)
             f.write(digest)

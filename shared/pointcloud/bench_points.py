@@ -1,12 +1,12 @@
-"""Benchmark of the point operations in :mod:`shared.points` (``make bench-points``).
+"""Benchmark of the point operations in :mod:`shared.pointcloud.points` (``make bench-points``).
 
-For clouds of 2K, 16K and 100K points (procedural rooms from :mod:`shared.scenes`, metres) it
+For clouds of 2K, 16K and 100K points (procedural rooms from :mod:`shared.pointcloud.scenes`, metres) it
 times, in one process:
 
 * farthest point sampling of N/4 points;
 * ball query (radius 0.2 m, 32 samples) and kNN (k = 16) around S = min(N/4, 4096) centres;
 
-each against (a) the slow loop references ``reference_*`` of :mod:`shared.points` (the ones the
+each against (a) the slow loop references ``reference_*`` of :mod:`shared.pointcloud.points` (the ones the
 tests compare with; when a full reference run would take minutes it is timed on the first few
 samples/centres and scaled linearly, which the ``reference`` column says), (b) the dense
 single-block PyTorch formulation of the papers' reference code (full (S, N) distance matrix, then
@@ -15,8 +15,8 @@ It also checks that our output equals the reference on the part the reference ra
 the peak resident memory above the start of each call (CPU; CUDA allocator peak on a GPU).
 torch runs on one CPU thread by default (``--threads``), like the references and cKDTree.
 
-    python -m shared.bench_points            # full sizes, writes shared/results/bench_points.{csv,md}
-    python -m shared.bench_points --smoke    # tiny sizes, seconds (used by the tests)
+    python -m shared.pointcloud.bench_points            # full sizes, writes shared/results/bench_points.{csv,md}
+    python -m shared.pointcloud.bench_points --smoke    # tiny sizes, seconds (used by the tests)
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bench import PeakMemory, write_table
+from ..bench import PeakMemory, write_table
 from .points import (ball_query, farthest_point_sample, knn, reference_ball_query,
                      reference_farthest_point_sample, reference_knn, square_distance)
 from .scenes import make_scene
@@ -167,14 +167,14 @@ def _run(args) -> list[dict]:
         print(f"N={n}: {time.perf_counter() - t0:.1f}s", flush=True)
     stem = Path(args.out) if args.out else RESULTS / ("bench_points_smoke" if args.smoke
                                                       else "bench_points")
-    notes = ["clouds: procedural rooms (shared.scenes.make_scene, metres), batch 1, float32, "
+    notes = ["clouds: procedural rooms (shared.pointcloud.scenes.make_scene, metres), batch 1, float32, "
              f"torch CPU threads = {torch.get_num_threads()}",
-             "ours: shared.points with method='auto' (dense chunks when S*N <= 2^22, else the "
+             "ours: shared.pointcloud.points with method='auto' (dense chunks when S*N <= 2^22, else the "
              "cell grid); FPS draws N/4 samples, ball query and kNN use S = min(N/4, 4096) "
              "centres drawn from the cloud",
              "dense_torch: one (S, N) block as in the "
              "papers' pure-PyTorch PointNet++ code; reference: the loop references of "
-             "shared.points (extrapolated = timed on a prefix of samples/centres, scaled "
+             "shared.pointcloud.points (extrapolated = timed on a prefix of samples/centres, scaled "
              "linearly); ckdtree: scipy cKDTree build + query",
              "peak_mib: peak resident memory above the start of the call (process RSS on CPU; "
              "0 or small when the allocator reuses memory the process already held)",

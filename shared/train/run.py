@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import save_checkpoint
 from .config import save_config
-from .dist import is_main_process
+from ..parallel.dist import is_main_process
 
 
 def get_logger(name: str = "papers") -> logging.Logger:
@@ -144,7 +144,7 @@ class RunDir:
         if not self.is_main or not self.metrics_path.exists():
             return None
         from .plot import plot_metrics
-        return plot_metrics(self.metrics_path, out or self.path / "curves.png", keys=keys)
+        return plot_metrics(read_metrics(self.metrics_path), out or self.path / "curves.png", keys=keys)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start

@@ -1,6 +1,6 @@
 """Collectives for model parallelism, in three layers (after Megatron-LM's ``mappings.py``).
 
-1. ``raw_*`` helpers: one collective on a :class:`~shared.topology.Group`, no autograd, out of
+1. ``raw_*`` helpers: one collective on a :class:`~shared.parallel.topology.Group`, no autograd, out of
    place (the input is never modified), allocating on the input's device so gloo (CPU) and NCCL
    (GPU) both work, and a no-op on a group of one. ``async_op=True`` returns a :class:`Pending`
    whose ``wait()`` gives the result, for overlapping communication with compute.
@@ -32,9 +32,20 @@ closed-form one. Read them with :func:`comm_stats`, or per region with :class:`C
 
 On gloo, reduce-scatter and all-to-all are emulated (all-reduce then slice; point-to-point
 exchanges); the counters still report the algorithm above, which is what NCCL would send.
+
+Devices: every raw collective first checks, with :func:`check_device`, that its tensor lives where
+the group's backend can use it (CUDA for NCCL, CPU for gloo) and raises :class:`CommDeviceError`
+otherwise: gloo would accept a CPU tensor that NCCL later refuses with an obscure message, so
+the mistake shows up on a laptop. The backend is looked up once per group (``group.backend``,
+filled lazily from ``torch.distributed.get_backend``; set it by hand to test without processes).
+
+Object collectives (:func:`raw_broadcast_object`, :func:`raw_all_gather_object`) move any
+picklable object (configs, metadata, small results) through the same tensor collectives, on the
+group's device. They carry control data, not model traffic, so they are *not* counted.
 """
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 
 import torch
@@ -113,8 +124,62 @@ def _nbytes(x: torch.Tensor) -> int:
     return x.numel() * x.element_size()
 
 
+# device type each backend communicates from; "cpu:gloo,cuda:nccl"-style strings list their own
+_BACKEND_DEVICE = {"nccl": "cuda", "gloo": "cpu", "xccl": "xpu"}
+
+
+class CommDeviceError(RuntimeError):
+    """A tensor handed to a collective on a device that the group's backend cannot use (a CPU
+    tensor on NCCL, a CUDA tensor on gloo). A bug in the calling code, so it keeps its traceback."""
+
+
+def group_backend(group: Group) -> str:
+    """The backend name of ``group`` (``"nccl"``, ``"gloo"``, ...), looked up once and cached as
+    ``group.backend``. A group whose ``backend`` attribute is already set (a test's fake) keeps it."""
+    backend = getattr(group, "backend", None)
+    if backend is None:
+        backend = str(dist.get_backend(group.pg))
+        group.backend = backend
+    return backend
+
+
+def _allowed_devices(backend: str) -> set[str] | None:
+    """Device types ``backend`` accepts, or None when this module does not know the backend."""
+    backend = backend.lower()
+    if ":" in backend:  # e.g. "cpu:gloo,cuda:nccl": one backend per device type
+        return {part.split(":", 1)[0].strip() for part in backend.split(",") if ":" in part}
+    dev = _BACKEND_DEVICE.get(backend)
+    return None if dev is None else {dev}
+
+
+def group_device(group: Group) -> torch.device:
+    """The device the group's backend communicates from: the current CUDA device for NCCL,
+    the CPU for gloo (and for backends this module does not know)."""
+    allowed = _allowed_devices(group_backend(group)) or {"cpu"}
+    if "cpu" in allowed:
+        return torch.device("cpu")
+    if "cuda" in allowed:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(sorted(allowed)[0])
+
+
+def check_device(x: torch.Tensor, group: Group, op: str) -> None:
+    """Raise :class:`CommDeviceError` unless ``x`` is on a device the group's backend uses.
+
+    Cheap: one cached backend lookup and a set membership test. Unknown backends pass."""
+    allowed = _allowed_devices(group_backend(group))
+    if allowed is None or x.device.type in allowed:
+        return
+    want = " or ".join(sorted(allowed))
+    raise CommDeviceError(
+        f"{op} on group {group.name!r}: the tensor is on {x.device} but the group's backend is "
+        f"{group_backend(group)!r}, which communicates {want} tensors; move the tensor to the "
+        f"group's device first (e.g. x.to({want!r})) or build the groups with the backend of "
+        f"the device you compute on")
+
+
 def _is_nccl(group: Group) -> bool:
-    return dist.get_backend(group.pg) == "nccl"
+    return group_backend(group) == "nccl"
 
 
 class Pending:
@@ -152,6 +217,7 @@ def raw_all_reduce(x: torch.Tensor, group: Group, async_op: bool = False):
     """Sum of ``x`` over the group (a new tensor)."""
     if not _active(group):
         return _done(x) if async_op else x
+    check_device(x, group, "all_reduce")
     out = x.detach().clone().contiguous()
     _count(group, "all_reduce", _nbytes(out))
     work = dist.all_reduce(out, group=group.pg, async_op=async_op)
@@ -162,6 +228,7 @@ def raw_all_gather(x: torch.Tensor, dim: int, group: Group, async_op: bool = Fal
     """Concatenation along ``dim`` of every rank's ``x`` (same shapes on all ranks)."""
     if not _active(group):
         return _done(x) if async_op else x
+    check_device(x, group, "all_gather")
     xc = x.detach().contiguous()
     parts = [torch.empty_like(xc) for _ in range(group.size)]
     _count(group, "all_gather", _nbytes(xc) * group.size)
@@ -174,6 +241,7 @@ def raw_reduce_scatter(x: torch.Tensor, dim: int, group: Group, async_op: bool =
     """This rank's chunk (along ``dim``) of the sum of ``x`` over the group."""
     if not _active(group):
         return _done(x) if async_op else x
+    check_device(x, group, "reduce_scatter")
     _check_divisible(x, dim, group, "reduce_scatter")
     _count(group, "reduce_scatter", _nbytes(x))
     chunk = x.shape[dim] // group.size
@@ -202,6 +270,7 @@ def raw_broadcast(x: torch.Tensor, src: int, group: Group, async_op: bool = Fals
     """``x`` of group rank ``src``, on every rank (``x`` elsewhere gives only shape and dtype)."""
     if not _active(group):
         return _done(x) if async_op else x
+    check_device(x, group, "broadcast")
     out = x.detach().clone().contiguous() if group.rank == src else torch.empty_like(
         x, memory_format=torch.contiguous_format)
     _count(group, "broadcast", _nbytes(out))
@@ -216,6 +285,7 @@ def raw_reduce(x: torch.Tensor, dst: int, group: Group, async_op: bool = False):
     """
     if not _active(group):
         return _done(x) if async_op else x
+    check_device(x, group, "reduce")
     buf = x.detach().clone().contiguous()
     _count(group, "reduce", _nbytes(buf))
     work = dist.reduce(buf, dst=group.global_rank(dst), group=group.pg, async_op=async_op)
@@ -229,6 +299,7 @@ def raw_all_to_all(x: torch.Tensor, scatter_dim: int, gather_dim: int, group: Gr
     chunks are concatenated along ``gather_dim`` in rank order."""
     if not _active(group):
         return _done(x) if async_op else x
+    check_device(x, group, "all_to_all")
     _check_divisible(x, scatter_dim, group, "all_to_all")
     _count(group, "all_to_all", _nbytes(x))
     sends = [c.contiguous() for c in x.detach().chunk(group.size, dim=scatter_dim)]
@@ -281,6 +352,7 @@ class RingExchange:
         if not _active(g) or self.shift % g.size == 0:  # a full turn of the ring: stay here
             self._pending = _done(x)
             return
+        check_device(x, g, "ring_shift")
         send = x.detach().contiguous()
         recv = torch.empty_like(send)
         dst = g.global_rank((g.rank + self.shift) % g.size)
@@ -301,6 +373,68 @@ def raw_ring_shift(x: torch.Tensor, group: Group, shift: int = 1) -> torch.Tenso
     ring = RingExchange(group, shift)
     ring.start(x)
     return ring.wait()
+
+
+def _to_bytes_tensor(obj, device: torch.device) -> torch.Tensor:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8).to(device)
+
+
+def _from_bytes_tensor(t: torch.Tensor):
+    return torch.load(io.BytesIO(t.cpu().numpy().tobytes()), weights_only=False)
+
+
+def _check_src(src: int, group: Group, op: str) -> None:
+    if not 0 <= src < group.size:
+        raise ValueError(f"{op}: src={src} is not a rank of group {group.name!r} "
+                         f"(group ranks 0..{group.size - 1}); pass a group rank, not a global one")
+
+
+def raw_broadcast_object(obj, group: Group, src: int = 0):
+    """The object ``obj`` of group rank ``src``, on every rank of ``group``.
+
+    ``obj`` is pickled with ``torch.save`` into a uint8 tensor on the group's device
+    (:func:`group_device`); the size goes first, then the payload. Tensors inside come back on
+    the device they were saved from. Not counted in :func:`comm_stats`. On a group of one (or
+    ``None``) returns ``obj`` itself."""
+    if not _active(group):
+        return obj
+    _check_src(src, group, "broadcast_object")
+    device = group_device(group)
+    root = group.global_rank(src)
+    payload = _to_bytes_tensor(obj, device) if group.rank == src else None
+    size = torch.tensor([payload.numel() if payload is not None else 0], dtype=torch.int64,
+                        device=device)
+    check_device(size, group, "broadcast_object")
+    dist.broadcast(size, src=root, group=group.pg)
+    if payload is None:
+        payload = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    dist.broadcast(payload, src=root, group=group.pg)
+    return obj if group.rank == src else _from_bytes_tensor(payload)
+
+
+def raw_all_gather_object(obj, group: Group) -> list:
+    """Every rank's ``obj``, as a list in group-rank order (this rank's own entry is ``obj``).
+
+    Pickled with ``torch.save`` into uint8 tensors on the group's device; the sizes are gathered
+    first, then the payloads padded to the largest. Not counted in :func:`comm_stats`. On a
+    group of one (or ``None``) returns ``[obj]``."""
+    if not _active(group):
+        return [obj]
+    device = group_device(group)
+    payload = _to_bytes_tensor(obj, device)
+    size = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
+    check_device(size, group, "all_gather_object")
+    sizes = [torch.empty_like(size) for _ in range(group.size)]
+    dist.all_gather(sizes, size, group=group.pg)
+    sizes = [int(s.item()) for s in sizes]
+    padded = torch.zeros(max(sizes), dtype=torch.uint8, device=device)
+    padded[:payload.numel()] = payload
+    parts = [torch.empty_like(padded) for _ in range(group.size)]
+    dist.all_gather(parts, padded, group=group.pg)
+    return [obj if r == group.rank else _from_bytes_tensor(parts[r][:n])
+            for r, n in enumerate(sizes)]
 
 
 # ----------------------------------------------------------------------------------------------

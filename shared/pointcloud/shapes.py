@@ -14,7 +14,7 @@ bounding box at the origin and scales to the unit sphere (like the PointNet HDF5
     shape.points (2048, 3) float32, shape.parts (2048,) int64 in [0, len(PART_NAMES["chair"]))
     shape.keypoints (10, 3) float32, in the order of KEYPOINT_NAMES["chair"]
 
-Command line: ``python -m shared.shapes --category chair --out chair.png`` renders one shape
+Command line: ``python -m shared.pointcloud.shapes --category chair --out chair.png`` renders one shape
 coloured by part with its keypoints (``--category all`` renders a grid of every category).
 """
 from __future__ import annotations
@@ -147,7 +147,7 @@ class Shape:
 
     def rotated(self, R) -> "Shape":
         """The shape rotated about the origin by ``R (3, 3)`` (numpy or torch, e.g. from
-        :func:`shared.points.random_rotation` or :func:`shared.points.random_yaw_rotation`)."""
+        :func:`shared.pointcloud.points.random_rotation` or :func:`shared.pointcloud.points.random_yaw_rotation`)."""
         R = np.asarray(R.detach().cpu() if hasattr(R, "detach") else R, dtype=np.float64)
         if R.shape != (3, 3) or not np.allclose(R @ R.T, np.eye(3), atol=1e-5):
             raise ValueError(f"R must be a 3 x 3 rotation matrix; got shape {R.shape}")

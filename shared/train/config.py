@@ -21,6 +21,8 @@ config as JSON beside a run; ``load_config`` reads it back.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 import difflib
 import json
 import sys
@@ -28,8 +30,10 @@ import types
 import typing
 from pathlib import Path
 
+from ..errors import UsageError
 
-class ConfigError(ValueError):
+
+class ConfigError(UsageError):
     """A bad preset name, key or value on the command line."""
 
 
@@ -84,6 +88,14 @@ def _check_value(value, tp, key: str):
     if isinstance(value, str):
         return _convert(value, tp, key) if tp is not str else value
     return value
+
+
+def _is_bool(tp) -> bool:
+    """``bool`` or ``Optional[bool]``: a bare ``--flag`` means true."""
+    if tp is bool:
+        return True
+    args = typing.get_args(tp)
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and bool in args
 
 
 def config_fields(cls) -> dict[str, tuple]:
@@ -160,7 +172,7 @@ def _parse(cls, presets, argv, default_preset, extra):
             name = key.replace("-", "_")
             if bare and name not in fields and name != "preset":
                 raise _unknown(name, fields)
-            if bare and fields.get(name, (None,))[0] is bool:
+            if bare and _is_bool(fields.get(name, (None,))[0]):
                 value, i = "true", i + 1          # a bare boolean flag: --smoke
             elif bare:
                 raise ConfigError(f"--{key} needs a value")
@@ -192,6 +204,9 @@ def _parse(cls, presets, argv, default_preset, extra):
     cfg = cls(**values)
     if "preset" in fields and preset is not None:
         cfg = dataclasses.replace(cfg, preset=preset)
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
     return cfg
 
 
@@ -222,3 +237,102 @@ def load_config(cls, path):
         if typing.get_origin(fields[key][0]) is tuple and isinstance(value, list):
             data[key] = tuple(value)
     return cls(**data)
+
+
+# ----------------------------------------------------------------------------------------------
+# The glossary: every paper's config derives from TrainConfig, so the same flag means the same
+# thing everywhere. A paper adds its own fields (model sizes, data options) and presets.
+
+@dataclass
+class TrainConfig:
+    """Fields and flags shared by every paper's ``train.py`` (and read by ``eval.py``).
+
+    A paper subclasses it as a dataclass, sets ``MODES`` (its valid ``--mode`` values, first =
+    default) and ``FIXED_ON_RESUME`` (its fields that define the model or the data split), and may
+    extend :meth:`validate`.
+    """
+    MODES: ClassVar[tuple[str, ...]] = ("data",)
+    FIXED_ON_RESUME: ClassVar[tuple[str, ...]] = ()
+
+    # ---- the same flags in every paper
+    preset: str = "tiny"
+    """named preset the run starts from (a paper's table rows, plus ``tiny`` for CPU)"""
+    mode: str = ""
+    """parallel mode; "" = the paper's first mode (see ``MODES``)"""
+    data: str = ""
+    """dataset path; "" = the paper's generated (or built-in) data"""
+    run: str = ""
+    """run name: the run directory is ``out_dir/run``; "" = a timestamp; an existing name is refused"""
+    resume: str = ""
+    """run directory (or run name under ``out_dir``) to continue; restores its config"""
+    device: str = "auto"
+    """auto (CUDA when present) | cpu | cuda"""
+    seed: int = 0
+    timeout: float = 600.0
+    """seconds a collective waits for a silent rank before the job ends, naming that rank"""
+    # ---- optimisation and schedule
+    steps: int = 1000
+    """optimizer steps of the whole run (the schedule ends here)"""
+    warmup_steps: int = 0
+    """linear warm-up from ``min_lr`` to ``lr`` over this many steps"""
+    schedule: str = "cosine"
+    """cosine | linear | constant: the decay from ``lr`` to ``min_lr`` after warm-up (timm)"""
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    """clip the global gradient norm (over every shard and replica) to this; 0 = off"""
+    batch_size: int = 32
+    """global batch, over all data-parallel ranks"""
+    # ---- bookkeeping
+    log_every: int = 10
+    eval_every: int = 0
+    """steps between evaluations; 0 = at the end only"""
+    ckpt_every: int = 0
+    """steps between checkpoints; 0 = at the end only (and at SIGTERM/SIGINT)"""
+    stop_at: int = 0
+    """> 0: checkpoint and stop at this step, the schedule unchanged (resume later)"""
+    out_dir: str = ""
+    """root of the run directories; "" = <repo>/runs/<paper>"""
+    threads: int = 0
+    """torch CPU threads per process; 0 = torch's default"""
+    amp: Optional[bool] = None
+    """bf16 autocast: None = on for CUDA, off on CPU; --amp forces it on (CPU autocast too)"""
+    tensorboard: bool = False
+    """also write TensorBoard event files beside metrics.jsonl"""
+    quiet: bool = False
+    """no progress bar"""
+    debug: bool = False
+    """show the traceback of a bad-input error instead of one line"""
+
+    # fields that may always change on resume (where to stop, how to report, how to run)
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (
+        "preset", "mode", "run", "resume", "device", "timeout", "steps", "log_every", "eval_every",
+        "ckpt_every", "stop_at", "out_dir", "threads", "amp", "tensorboard", "quiet", "debug")
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on a value that cannot work (one line, with the fix)."""
+        if not self.mode:
+            self.mode = self.MODES[0]
+        if self.mode not in self.MODES:
+            raise ConfigError(f"--mode {self.mode!r} is not a mode of this paper; "
+                              f"choose one of: {', '.join(self.MODES)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device {self.device!r}: choose auto, cpu or cuda")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"--schedule {self.schedule!r}: choose cosine, linear or constant")
+        for name in ("steps", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1; got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_every", "ckpt_every", "stop_at", "threads",
+                     "grad_clip", "weight_decay", "min_lr"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0; got {getattr(self, name)} "
+                                  f"(0 turns it off)")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be positive; got {self.lr}")
+        if self.timeout <= 0:
+            raise ConfigError(f"--timeout must be a positive number of seconds; got {self.timeout}")
+        if self.warmup_steps >= self.steps and self.steps > 1:
+            raise ConfigError(f"--warmup_steps {self.warmup_steps} must be below --steps "
+                              f"{self.steps}")

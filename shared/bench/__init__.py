@@ -1,0 +1,10 @@
+"""Measurement and result tables (imports no other layer of shared).
+
+measure: Timer, time_fn, PeakMemory, SavedTensorBytes, hardware_info
+tables: ResultsConfig, results_dir, write_table, print_rows, copy_tables_to_readme
+"""
+from .measure import PeakMemory, SavedTensorBytes, Timer, hardware_info, time_fn
+from .tables import ResultsConfig, copy_tables_to_readme, print_rows, results_dir, write_table
+
+__all__ = ["PeakMemory", "SavedTensorBytes", "Timer", "hardware_info", "time_fn",
+           "ResultsConfig", "copy_tables_to_readme", "print_rows", "results_dir", "write_table"]
