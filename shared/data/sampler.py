@@ -61,6 +61,13 @@ class EpochSampler:
         self.batch += 1
         return idx
 
+    def seek(self, batches: int) -> "EpochSampler":
+        """Position the sampler after ``batches`` global batches from the start (the training
+        core's data position is the step itself: one global batch per step)."""
+        self.epoch, self.batch = divmod(batches, self.batches_per_epoch)
+        self._perm = None
+        return self
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed, "n": self.n,
                 "batch_size": self.batch_size}

@@ -22,7 +22,7 @@ from .comm import (CommMeter, Pending, RingExchange, all_gather, all_to_all, bro
 from .dist import (DistEnv, SpawnError, barrier, free_port, init_distributed, is_main_process,
                    main_guard, spawn, teardown)
 from .seeding import RNGStreams, capture_rng_state, restore_rng_state, seed_everything
-from .topology import (MODES, Group, Topology, build_topology, check_world, coordinates, grid_rank,
+from .topology import (MODES, Group, Topology, TopologyError, build_topology, world_group, check_world, coordinates, grid_rank,
                        grid_shape, group_members, single_group)
 
 __all__ = [n for n in dir() if not n.startswith("_") and n not in {

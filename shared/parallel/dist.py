@@ -94,7 +94,91 @@ def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S, backend: str | None =
     kwargs = {"device_id": dev} if backend == "nccl" else {}
     dist.init_process_group(backend, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    Heartbeat.start(rank, world_size)
     return DistEnv(rank, world_size, local_rank, dev, backend)
+
+
+class Heartbeat:
+    """Liveness of every rank, kept in torch.distributed's key-value store.
+
+    A daemon thread of each rank writes the time to ``heartbeat/<rank>`` every ``interval``
+    seconds, and ``heartbeat-who/<rank>`` holds ``host pid``. When a collective times out,
+    :func:`stale_ranks` tells which ranks stopped writing: a rank stopped with SIGSTOP, stuck in
+    a system call or swapped out, rather than one that is merely in another collective. Under
+    torchrun the store lives in the launcher, so it answers even when rank 0 is the stopped one.
+    """
+    interval = 1.0
+    _store = None
+    _thread = None
+
+    @classmethod
+    def start(cls, rank: int, world_size: int) -> None:
+        import threading
+
+        try:
+            store = dist.distributed_c10d._get_default_store()
+        except Exception:  # noqa: BLE001 - a private API: without it, no heartbeat
+            return
+        cls._store = store
+        store.set(f"heartbeat-who/{rank}", f"{socket.gethostname()} {os.getpid()}")
+
+        def beat():
+            while True:
+                try:
+                    store.set(f"heartbeat/{rank}", repr(time.time()))
+                except Exception:  # noqa: BLE001 - the store is gone: the job is ending
+                    return
+                time.sleep(cls.interval)
+
+        cls._thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+        cls._thread.start()
+
+
+def stale_ranks(min_age_s: float | None = None) -> list[dict]:
+    """Ranks whose heartbeat is older than ``min_age_s`` (default 3 intervals): a list of
+    ``{"rank", "age", "host", "pid"}``; ``[]`` without a process group or a store."""
+    store = Heartbeat._store
+    if store is None or not (dist.is_available() and dist.is_initialized()):
+        return []
+    min_age_s = 3 * Heartbeat.interval if min_age_s is None else min_age_s
+    out = []
+    try:
+        store.set_timeout(datetime.timedelta(seconds=2))
+        now = time.time()
+        for r in range(dist.get_world_size()):
+            if not store.check([f"heartbeat/{r}"]):
+                continue
+            age = now - float(store.get(f"heartbeat/{r}").decode())
+            if age > min_age_s:
+                host, pid = store.get(f"heartbeat-who/{r}").decode().split()
+                out.append({"rank": r, "age": age, "host": host, "pid": int(pid)})
+    except Exception:  # noqa: BLE001 - the store itself is unreachable: nothing to name
+        return out
+    return out
+
+
+def describe_failure(exc: BaseException) -> tuple[str, bool]:
+    """One line for an exception raised on a distributed job, and whether it is explained by
+    ranks that stopped answering (those are SIGKILLed when they live on this host, so that the
+    launcher can end the job at once instead of waiting for them)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    stale = [s for s in stale_ranks() if s["rank"] != rank]
+    if not stale:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return f"[rank {rank}/{world}] failed: {type(exc).__name__}: {first}", False
+    parts = []
+    for s in stale:
+        text = (f"rank {s['rank']} (host {s['host']}, pid {s['pid']}) stopped responding "
+                f"{s['age']:.1f} s ago")
+        if s["host"] == socket.gethostname():
+            try:
+                os.kill(s["pid"], 9)
+                text += "; killed it so that the job can end"
+            except OSError:
+                pass
+        parts.append(text)
+    return (f"[rank {rank}/{world}] a collective timed out: " + "; ".join(parts)
+            + " (the wait is --timeout seconds; raise it if that rank was only slow)"), True
 
 
 def teardown() -> None:
@@ -234,12 +318,14 @@ def main_guard(main):
             return main(*a, **kw)
         except BaseException as exc:
             if dist.is_available() and dist.is_initialized() and not isinstance(exc, SystemExit):
-                print(f"[rank {dist.get_rank()}/{dist.get_world_size()}] failed: "
-                      f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                print(describe_failure(exc)[0], file=sys.stderr, flush=True)
             raise
         finally:
             if dist.is_available() and dist.is_initialized():
-                dist.destroy_process_group()
+                try:
+                    dist.destroy_process_group()
+                except Exception:  # noqa: BLE001 - a failed job may not tear down cleanly
+                    pass
     wrapped.__name__ = getattr(main, "__name__", "main")
     wrapped.__doc__ = getattr(main, "__doc__", None)
     return wrapped

@@ -38,6 +38,8 @@ processes; :func:`build_topology` creates the torch process groups.
 from __future__ import annotations
 
 import math
+
+from ..errors import UsageError
 from dataclasses import dataclass, field
 
 MODES = ("data", "1d", "2d", "2p5d", "3d", "seq", "expert")
@@ -51,6 +53,10 @@ _FAMILIES = {
     "seq": ("seq", "tensor"),
     "expert": ("expert", "tensor"),
 }
+
+
+class TopologyError(UsageError):
+    """An impossible world size or grid for a parallel mode (the message lists valid sizes)."""
 
 
 class Group:
@@ -113,37 +119,37 @@ def grid_shape(mode: str, grid_size: int, depth: int = 1) -> dict[str, int]:
     Raises ValueError naming the constraint and valid alternatives.
     """
     if mode not in MODES:
-        raise ValueError(f"unknown parallel mode {mode!r}; choose one of {', '.join(MODES)}")
+        raise TopologyError(f"unknown parallel mode {mode!r}; choose one of {', '.join(MODES)}")
     if grid_size < 1:
-        raise ValueError(f"the {mode} grid needs at least one rank; got {grid_size}")
+        raise TopologyError(f"the {mode} grid needs at least one rank; got {grid_size}")
     if mode == "data":
         if grid_size != 1:
-            raise ValueError("data parallelism has no model-parallel grid; its grid size is 1")
+            raise TopologyError("data parallelism has no model-parallel grid; its grid size is 1")
         return {}
     if mode in ("1d", "seq", "expert"):
         return {"p": grid_size}
     if mode == "2d":
         q = _isqrt_exact(grid_size)
         if q is None:
-            raise ValueError(
+            raise TopologyError(
                 f"2D tensor parallelism needs a square number of ranks; got {grid_size} "
                 f"(try {_nearest(grid_size, [i * i for i in range(1, 33)])})")
         return {"q": q}
     if mode == "2p5d":
         if depth < 1 or grid_size % depth:
-            raise ValueError(
+            raise TopologyError(
                 f"2.5D tensor parallelism needs q²·d ranks with depth d dividing them; "
                 f"got {grid_size} ranks and d={depth}")
         q = _isqrt_exact(grid_size // depth)
         if q is None:
-            raise ValueError(
+            raise TopologyError(
                 f"2.5D tensor parallelism needs q²·d ranks; got {grid_size} with d={depth}, "
                 f"and {grid_size // depth} is not a square "
                 f"(try {_nearest(grid_size, [i * i * depth for i in range(1, 33)])} ranks)")
         return {"q": q, "d": depth}
     q = _icbrt_exact(grid_size)  # 3d
     if q is None:
-        raise ValueError(
+        raise TopologyError(
             f"3D tensor parallelism needs a cube number of ranks; got {grid_size} "
             f"(try {_nearest(grid_size, [i ** 3 for i in range(1, 17)])})")
     return {"q": q}
@@ -153,7 +159,7 @@ def coordinates(mode: str, t: int, grid_size: int, depth: int = 1) -> dict[str, 
     """Coordinates of grid rank ``t`` (see the module docstring for the maps)."""
     shape = grid_shape(mode, grid_size, depth)
     if not 0 <= t < max(grid_size, 1):
-        raise ValueError(f"grid rank {t} is outside a grid of {grid_size}")
+        raise TopologyError(f"grid rank {t} is outside a grid of {grid_size}")
     if mode == "data":
         return {}
     if mode == "1d":
@@ -212,12 +218,12 @@ def _family_key(mode: str, family: str, t: int, grid_size: int, depth: int):
 def check_world(mode: str, world_size: int, grid_size: int | None = None, depth: int = 1) -> int:
     """Validate ``world_size`` for a mode; returns the grid size (default: the whole world)."""
     if world_size < 1:
-        raise ValueError(f"world size must be at least 1; got {world_size}")
+        raise TopologyError(f"world size must be at least 1; got {world_size}")
     if grid_size is None:
         grid_size = 1 if mode == "data" else world_size
     grid_shape(mode, grid_size, depth)
     if world_size % grid_size:
-        raise ValueError(
+        raise TopologyError(
             f"world size {world_size} is not a multiple of the {mode} grid size {grid_size}: "
             f"data parallelism takes the remaining ranks, so use a world size of "
             f"{grid_size * max(1, world_size // grid_size)} or {grid_size * (world_size // grid_size + 1)}")
@@ -314,3 +320,13 @@ def build_topology(mode: str, world_size: int | None = None, rank: int | None = 
     coords["data"] = rank // grid_size
     return Topology(mode, world_size, rank, grid_size, depth,
                     grid_shape(mode, grid_size, depth), coords, groups)
+
+
+def world_group() -> Group:
+    """The whole job as one :class:`Group` (a group of one in a single process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return single_group("world")
+    n = dist.get_world_size()
+    return Group("world", range(n), dist.get_rank(), dist.group.WORLD if n > 1 else None)

@@ -1,11 +1,24 @@
-"""The one training core.
+"""The one training core that every paper uses.
 
-config: parse_config, ConfigError, save_config, load_config, config_to_dict, help_text
+config: TrainConfig (the glossary of field names and flags), parse_config, ConfigError,
+    save_config, load_config, config_to_dict, help_text
+cli: entry_point (one-line errors, exit 2), parse_args (config + ``--resume``), start, runs_root
+loop: Task, StepOutput, fit, reduce_metrics
+gradients: GradSync, NormPart, sync_gradients, global_grad_norm, clip_gradients, replicated_plan
+schedule: build_scheduler, lr_curve
 checkpoint: save_checkpoint, load_checkpoint, CheckpointError
-run: get_logger, log0, Progress, RunDir, read_metrics, check_finite, latest_run
+run: RunDir, Progress, log0, get_logger, read_metrics, check_finite, NonFiniteLoss,
+    latest_run, resolve_run, checkpoint_files, new_run_path
 plot: plot_metrics
 """
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import ConfigError, config_to_dict, help_text, load_config, parse_config, save_config
+from .cli import entry_point, parse_args, runs_root, start
+from .config import (ConfigError, TrainConfig, config_to_dict, help_text, load_config,
+                     parse_config, save_config)
+from .gradients import (GradSync, NormPart, clip_gradients, global_grad_norm, replicated_plan,
+                        sync_gradients)
+from .loop import StepOutput, Task, fit, reduce_metrics
 from .plot import plot_metrics
-from .run import Progress, RunDir, check_finite, get_logger, latest_run, log0, read_metrics
+from .run import (NonFiniteLoss, Progress, RunDir, check_finite, checkpoint_files, get_logger,
+                  latest_run, log0, new_run_path, read_metrics, resolve_run)
+from .schedule import build_scheduler, lr_curve

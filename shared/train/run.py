@@ -1,31 +1,33 @@
-"""Run bookkeeping: rank-0 logging, a progress bar with throughput, a run directory holding the
-resolved config, JSONL metrics, checkpoints and a PNG of the curves.
+"""Run bookkeeping: rank-0 logging, a progress bar with throughput, and run directories that are
+never silently reused.
 
-A training script does::
+A run directory holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one JSON row per
+logged step, ``step`` = optimizer steps completed), the checkpoint (``checkpoint.pt``, or
+``checkpoint-rank<r>.pt`` per rank where each rank holds different state), ``curves.png`` and,
+with ``--tensorboard``, TensorBoard event files.
 
-    run = RunDir("runs/widenet", cfg)                  # writes runs/widenet/<time>/config.json
-    bar = Progress(cfg.steps, desc="train", unit_name="img")
-    for step in ...:
-        ...
-        bar.update(items=batch_size, loss=loss.item())
-        run.log(step, loss=loss.item(), lr=lr)          # one JSON line in metrics.jsonl
-    run.save({"model": ..., ...})                       # atomic checkpoint.pt
-    run.plot()                                          # curves.png
+* :meth:`RunDir.create` makes a new directory: ``--run NAME`` that already exists is refused
+  (resume it or pick another name); the default timestamp name gets a ``-2``, ``-3`` suffix.
+* :meth:`RunDir.reopen` continues one at a checkpoint's step: metric rows past that step (logged
+  after the checkpoint by the interrupted run) are dropped, so the metrics never repeat a step.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .checkpoint import save_checkpoint
-from .config import save_config
+from ..errors import UsageError
 from ..parallel.dist import is_main_process
+from .config import save_config
+
+CHECKPOINT = "checkpoint.pt"
 
 
 def get_logger(name: str = "papers") -> logging.Logger:
@@ -92,73 +94,178 @@ class Progress:
         return False
 
 
+class NonFiniteLoss(UsageError, FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
 def check_finite(value: float, step: int, what: str = "loss") -> None:
     """Stop with one clear error on a NaN/inf loss instead of training on garbage."""
     if not math.isfinite(value):
-        raise FloatingPointError(
-            f"{what} became {value} at step {step}; lower the learning rate, enable gradient "
-            f"clipping, or resume from the last checkpoint")
+        raise NonFiniteLoss(
+            f"{what} became {value} at step {step}; lower the learning rate (--lr), enable "
+            f"gradient clipping (--grad_clip 1), or resume from the last checkpoint (--resume)")
+
+
+def _timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def new_run_path(root, name: str = "") -> Path:
+    """The directory of a new run under ``root``: ``root/name`` (refused when it exists), or a
+    fresh timestamp (``-2``, ``-3`` … appended if taken). Pure: creates nothing."""
+    root = Path(root)
+    if name:
+        if Path(name).name != name:
+            raise UsageError(f"--run {name!r} must be a plain name (the directory is "
+                             f"{root}/NAME); use --out_dir for another root")
+        path = root / name
+        if path.exists():
+            raise UsageError(f"run directory {path} already exists; continue it with --resume "
+                             f"{path}, or choose another --run name")
+        return path
+    stem = _timestamp()
+    path, i = root / stem, 1
+    while path.exists():
+        i += 1
+        path = root / f"{stem}-{i}"
+    return path
 
 
 class RunDir:
-    """A run's directory: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, ``curves.png``.
+    """A run's directory; only rank 0 writes files (``is_main`` defaults to it)."""
 
-    Only rank 0 writes (``is_main`` defaults to it). ``path`` defaults to ``root/<timestamp>``.
-    """
-
-    def __init__(self, root, cfg=None, name: str | None = None, is_main: bool | None = None):
+    def __init__(self, path, is_main: bool | None = None):
+        self.path = Path(path)
         self.is_main = is_main_process() if is_main is None else is_main
-        name = name or time.strftime("%Y%m%d-%H%M%S")
-        self.path = Path(root) / name
         self.start = time.perf_counter()
-        if self.is_main:
-            self.path.mkdir(parents=True, exist_ok=True)
-            if cfg is not None:
-                save_config(cfg, self.path / "config.json")
+        self._tb = None
 
+    # ---- creation
+    @classmethod
+    def create(cls, path, cfg=None, is_main: bool | None = None) -> "RunDir":
+        """A new run at ``path`` (see :func:`new_run_path`): writes ``config.json``."""
+        run = cls(path, is_main)
+        if run.is_main:
+            run.path.mkdir(parents=True, exist_ok=False)
+            if cfg is not None:
+                save_config(cfg, run.path / "config.json")
+        return run
+
+    @classmethod
+    def reopen(cls, path, step: int, cfg=None, is_main: bool | None = None) -> "RunDir":
+        """Continue the run at ``path`` from a checkpoint at ``step``: keeps the metric rows up to
+        ``step`` and drops later ones; rewrites ``config.json`` with the resumed config."""
+        run = cls(path, is_main)
+        if run.is_main:
+            if cfg is not None:
+                save_config(cfg, run.path / "config.json")
+            if run.metrics_path.exists():
+                rows = [r for r in read_metrics(run.metrics_path) if r.get("step", 0) <= step]
+                tmp = run.metrics_path.with_suffix(".jsonl.tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                os.replace(tmp, run.metrics_path)
+        return run
+
+    # ---- files
     @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.path / "checkpoint.pt"
+        return self.path / CHECKPOINT
+
+    def rank_checkpoint_path(self, rank: int) -> Path:
+        return self.path / f"checkpoint-rank{rank}.pt"
+
+    def enable_tensorboard(self) -> None:
+        """Write TensorBoard event files into the run directory from now on (rank 0)."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UsageError("--tensorboard needs the tensorboard package, which is not "
+                             "installed; pip install tensorboard, or drop --tensorboard") from None
+        if self.is_main:
+            self._tb = SummaryWriter(log_dir=str(self.path))
 
     def log(self, step: int, **metrics) -> None:
-        """Append one JSON line ``{"step", "time", **metrics}`` to ``metrics.jsonl``."""
+        """Append one JSON row ``{"step", "time", **metrics}`` to ``metrics.jsonl`` (and the
+        numeric values to TensorBoard when enabled)."""
         if not self.is_main:
             return
         row = {"step": step, "time": round(time.perf_counter() - self.start, 3)}
         row.update({k: (float(v) if hasattr(v, "item") else v) for k, v in metrics.items()})
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
-
-    def save(self, state: dict, path=None) -> Path | None:
-        """Atomic checkpoint (rank 0 only); returns the path written."""
-        if not self.is_main:
-            return None
-        return save_checkpoint(state, path or self.checkpoint_path)
+        if self._tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "time") and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
 
     def plot(self, keys=None, out=None) -> Path | None:
         """Draw the metrics' curves against step into ``curves.png`` (rank 0 only)."""
         if not self.is_main or not self.metrics_path.exists():
             return None
         from .plot import plot_metrics
-        return plot_metrics(read_metrics(self.metrics_path), out or self.path / "curves.png", keys=keys)
+        rows = read_metrics(self.metrics_path)
+        if keys is not None:
+            keys = [k for k in keys if any(k in r for r in rows)]
+        return plot_metrics(rows, out or self.path / "curves.png", keys=keys or None)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
 
+def checkpoint_files(run_dir) -> list[Path]:
+    """The checkpoint of a run: ``[checkpoint.pt]``, or the per-rank files in rank order, or
+    ``[]`` when it has none."""
+    run_dir = Path(run_dir)
+    if (run_dir / CHECKPOINT).is_file():
+        return [run_dir / CHECKPOINT]
+    ranked = list(run_dir.glob("checkpoint-rank*.pt"))
+    return sorted(ranked, key=lambda p: int(p.stem.rsplit("rank", 1)[1]))
+
+
+def _checkpoint_mtime(run_dir: Path) -> float | None:
+    files = checkpoint_files(run_dir)
+    return max(f.stat().st_mtime for f in files) if files else None
+
+
 def latest_run(root) -> Path:
-    """The run directory under ``root`` (e.g. ``runs/<paper>``) whose ``checkpoint.pt`` is the
-    newest; a clear error when there is none."""
+    """The run directory under ``root`` (e.g. ``runs/<paper>``) whose checkpoint (of any mode)
+    is the newest; a clear error when there is none."""
     root = Path(root)
-    found = sorted(root.glob("*/checkpoint.pt"), key=lambda p: p.stat().st_mtime)
+    found = [(t, d) for d in (root.iterdir() if root.is_dir() else ()) if d.is_dir()
+             for t in [_checkpoint_mtime(d)] if t is not None]
     if not found:
-        raise FileNotFoundError(f"no run with a checkpoint under {root}; train one first "
-                                f"(make train-{root.name}) or pass the run's path")
-    return found[-1].parent
+        raise UsageError(f"no run with a checkpoint under {root}; train one first "
+                         f"(make train-{root.name}) or pass --run PATH")
+    return max(found, key=lambda x: x[0])[1]
+
+
+def resolve_run(root, arg: str) -> Path:
+    """A ``--run``/``--resume`` argument as a run directory: a path, or a name under ``root``;
+    ``""`` = the newest run under ``root``. The directory must hold a checkpoint."""
+    if not arg:
+        return latest_run(root)
+    path = Path(arg)
+    if not path.exists() and (Path(root) / arg).exists():
+        path = Path(root) / arg
+    if path.is_file():
+        path = path.parent
+    if not path.is_dir():
+        raise UsageError(f"no run directory {arg} (looked in the current directory and in "
+                         f"{root}); give a run's path or its name")
+    if not checkpoint_files(path):
+        raise UsageError(f"run {path} has no checkpoint (checkpoint.pt or checkpoint-rank*.pt); "
+                         f"it may have stopped before its first save")
+    return path
 
 
 def read_metrics(path) -> list[dict]:
