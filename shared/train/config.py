@@ -151,7 +151,7 @@ def parse_config(cls, presets: dict | None = None, argv: list[str] | None = None
 
 
 def _parse(cls, presets, argv, default_preset, extra):
-    argv = list(argv)
+    argv = [w for w in argv if w != "--"]     # torchrun ... -m paper.train -- --key value
     presets = presets or {}
     fields = config_fields(cls)
     pairs: list[tuple[str, str]] = []
