@@ -1,7 +1,7 @@
 # The two commands: `make test` and `make train-<paper>`. Every target runs `make setup` first.
 #   make train-<paper> [PRESET=tiny] [NPROC=1] [MODE=...] [DATA=/path] [ARGS="--key value ..."]
 #   make eval-<paper> | reproduce-<paper> | bench-<paper> [ARGS=...]
-#   make export-<paper> DEST=dir       copy one paper + shared/ so it runs standalone
+#   make export-<paper> DEST=dir       copy one paper + the shared/ layers it imports, with its own Makefile
 SHELL := /bin/bash
 PAPERS := tensor_parallel seqpar widenet conadv f2c skeleton_merger prin canonical_voting
 VENV := .venv
@@ -15,8 +15,11 @@ PYTEST_ARGS ?=
 # One process, or torchrun on this node when NPROC > 1 (multi-node: see README).
 ifeq ($(NPROC),1)
 RUN := $(PY) -m
+SEP :=
 else
 RUN := $(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m
+# '--' ends torchrun's own options: without it, argparse reads --run as an abbreviation of its --run-path
+SEP := --
 endif
 RUN_FLAGS = $(if $(MODE),--mode $(MODE)) $(if $(DATA),--data $(DATA)) $(ARGS)
 
@@ -41,7 +44,7 @@ test-%: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests/test_$*
 
 train-%: setup
-	$(RUN) $*.train --preset $(PRESET) $(RUN_FLAGS)
+	$(RUN) $*.train $(SEP) --preset $(PRESET) $(RUN_FLAGS)
 
 eval-%: setup
 	$(PY) -m $*.eval $(RUN_FLAGS)
@@ -55,10 +58,11 @@ bench-%: setup
 bench-points: setup
 	$(PY) -m shared.pointcloud.bench_points $(ARGS)
 
-export-%: setup
+# Needs only the standard library, so no setup: the venv's python when there is one, else python3.
+# Refuses (exit 2) a non-empty DEST that is not an earlier export of the same paper; never deletes.
+export-%:
 	@test -n "$(DEST)" || { echo "usage: make export-$* DEST=/path/to/dir"; exit 2; }
-	@test -d "$*" || { echo "export: no paper package '$*' (papers: $(PAPERS))"; exit 2; }
-	$(PY) -m shared.export $* "$(DEST)"
+	@$(if $(wildcard $(PY)),$(PY),python3) -m shared.export $* "$(DEST)"
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -14,7 +14,8 @@ seeding
     seed_everything, capture_rng_state, restore_rng_state, RNGStreams
 tp1d (imported on its own): Megatron 1D tensor-parallel layers
 """
-from .comm import (CommMeter, Pending, RingExchange, all_gather, all_to_all, broadcast,
+from .comm import (CommDeviceError, CommMeter, Pending, check_device, group_backend,
+                   raw_all_gather_object, raw_broadcast_object, RingExchange, all_gather, all_to_all, broadcast,
                    comm_stats, copy_to_group, gather_from_group, raw_all_gather, raw_all_reduce,
                    raw_all_to_all, raw_broadcast, raw_reduce, raw_reduce_scatter, raw_ring_shift,
                    raw_split, reduce_from_group, reduce_scatter, reduce_to, reset_comm_stats,
