@@ -22,12 +22,12 @@ import torch
 
 from shared.bench import (PeakMemory, ResultsConfig, SavedTensorBytes, Timer, copy_tables_to_readme,
                           results_dir, write_table)
-from shared.train.config import parse_config
+from shared.train import entry_point, parse_config
 from shared.parallel.comm import CommMeter
 from shared.parallel.dist import barrier, spawn
 from shared.parallel.topology import build_topology
 
-from .rsa import ring_self_attention
+from .parallel_rsa import ring_self_attention
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL = dict(batch=2, heads=4, head_dim=32, length=2048, repeat=9, sizes=(2, 4))
@@ -69,7 +69,9 @@ def bench_worker(env, p: dict) -> dict:
     return out
 
 
+@entry_point
 def main(argv=None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_config(ResultsConfig, None, argv, default_preset=None)
     args.out = str(results_dir(RESULTS, args.out, args.smoke))
     p = SMOKE if args.smoke else FULL
@@ -102,7 +104,8 @@ def main(argv=None) -> list[dict]:
                        "matmul; no = posted after it (the reference's order)",
                        "saved MB: bytes autograd keeps for backward (exact); peak: growth of the "
                        "process's peak RSS (CPU, approximate); sent: bytes each rank sends "
-                       "(shared.parallel.comm counters; a reduce-scatter counted as NCCL's ring sends it)",
+                       "(shared.parallel.comm counters; a reduce-scatter counted as NCCL's ring "
+                       "sends it)",
                        "gloo on a shared 2-core CPU: compute and communication share the cores"])
     if not args.smoke and Path(args.out).resolve() == RESULTS:
         copy_tables_to_readme(RESULTS.parent / "README.md", RESULTS)
@@ -111,4 +114,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -9,68 +9,83 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.train.config import ConfigError, TrainConfig
+
 
 @dataclass
-class Config:
-    preset: str = "tiny"
-    mode: str = "seq"
-    """Parallel mode: only "seq" (sequence parallel × data parallel on the remaining ranks)."""
+class Config(TrainConfig):
+    MODES = ("seq",)
+    """sequence parallel over ``--seq_parallel`` ranks × data parallel over the rest"""
+    FIXED_ON_RESUME = ("hidden", "heads", "layers", "ffn", "dropout", "attn_dropout", "max_bytes",
+                       "seq_len", "mask_prob", "min_len_fraction")
+
     seq_parallel: int = 0
-    """Ranks per sequence group N; 0 = all ranks (no data parallelism)."""
+    """ranks per sequence group N; 0 = all ranks (no data parallelism)"""
     lean: bool = False
-    """Memory-lean log-sum-exp attention instead of the paper's RSA."""
+    """memory-lean log-sum-exp attention instead of the paper's RSA"""
     overlap: bool = True
-    """Overlap each ring transfer with the matmul on the current block."""
-    # model
+    """overlap each ring transfer with the matmul on the current block"""
+    # ---- model
     hidden: int = 64
     heads: int = 4
     layers: int = 2
     ffn: int = 256
     dropout: float = 0.0
-    """Hidden dropout (the paper's BERT: 0.1; the tiny CPU model under-fits, so 0 by default)."""
+    """hidden dropout (the paper's BERT: 0.1; the tiny CPU model under-fits, so 0 by default)"""
     attn_dropout: float = 0.0
-    # data
-    data: str | None = None
-    """Corpus: a train.bin/val.bin dir, a .bin file or text files; None = Python stdlib source."""
+    # ---- data (``--data``: a train.bin/val.bin dir, a .bin file or text; "" = Python stdlib)
     max_bytes: int = 4 * 2 ** 20
+    """bytes read from a text corpus (the default or a text path)"""
     seq_len: int = 64
     mask_prob: float = 0.15
     min_len_fraction: float = 0.5
-    """Each sample keeps a random length in [min_len_fraction·L, L]; the rest is padding."""
-    # optimisation
-    batch_size: int = 32
-    """Global batch (over data-parallel replicas)."""
+    """each sample keeps a random length in [min_len_fraction·L, L]; the rest is padding"""
+    eval_batches: int = 8
+    """validation batches (of ``batch_size`` fixed windows) in train-time validation and eval"""
+    # ---- optimisation and bookkeeping (glossary fields with this paper's defaults)
     steps: int = 1500
     lr: float = 3e-3
     min_lr: float = 3e-4
-    warmup: int = 100
+    warmup_steps: int = 100
     weight_decay: float = 0.01
-    clip: float = 1.0
-    # bookkeeping
-    threads: int = 0
-    """CPU threads per process (0 = torch's default); the tiny model runs fastest on 1."""
-    seed: int = 0
+    grad_clip: float = 1.0
+    batch_size: int = 32
     log_every: int = 25
     eval_every: int = 250
-    eval_batches: int = 8
     ckpt_every: int = 250
-    out_dir: str = ""
-    """Run directory root; empty = <repo>/runs/seqpar."""
-    run_name: str = ""
-    resume: str = ""
-    """A checkpoint file or run directory to resume from."""
-    stop_at: int = 0
-    """Stop after this step (the schedule still spans ``steps``); 0 = run to ``steps``."""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.seq_parallel < 0:
+            raise ConfigError(f"--seq_parallel must be >= 0 (0 = all ranks); got "
+                              f"{self.seq_parallel}")
+        for name in ("hidden", "heads", "layers", "ffn", "seq_len", "eval_batches", "max_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be at least 1; got {getattr(self, name)}")
+        if self.hidden % self.heads:
+            divisors = [h for h in range(1, self.hidden + 1) if self.hidden % h == 0]
+            near = sorted(divisors, key=lambda h: abs(h - self.heads))[:2]
+            raise ConfigError(f"--hidden {self.hidden} is not divisible by --heads {self.heads}; "
+                              f"use --heads {' or '.join(map(str, sorted(near)))}, or change "
+                              f"--hidden")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"--{name} must be in [0, 1); got {getattr(self, name)}")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ConfigError(f"--mask_prob must be in (0, 1); got {self.mask_prob}")
+        if not 0.0 < self.min_len_fraction <= 1.0:
+            raise ConfigError(f"--min_len_fraction must be in (0, 1]; got "
+                              f"{self.min_len_fraction}")
 
 
 PRESETS = {
     "tiny": dict(threads=1),
     "bert_base": dict(hidden=768, heads=12, layers=12, ffn=3072, seq_len=512, batch_size=32,
-                      dropout=0.1, attn_dropout=0.1,
-                      lr=1e-4, min_lr=1e-5, warmup=10_000, steps=1_000_000, max_bytes=2 ** 31,
-                      min_len_fraction=1.0, log_every=100, eval_every=5000, ckpt_every=5000),
+                      dropout=0.1, attn_dropout=0.1, lr=1e-4, min_lr=1e-5, warmup_steps=10_000,
+                      steps=1_000_000, max_bytes=2 ** 31, min_len_fraction=1.0, log_every=100,
+                      eval_every=5000, ckpt_every=5000),
     "bert_large": dict(hidden=1024, heads=16, layers=24, ffn=4096, seq_len=512, batch_size=32,
-                       dropout=0.1, attn_dropout=0.1,
-                       lr=1e-4, min_lr=1e-5, warmup=500, steps=50_000, max_bytes=2 ** 31,
-                       min_len_fraction=1.0, log_every=100, eval_every=5000, ckpt_every=5000),
+                       dropout=0.1, attn_dropout=0.1, lr=1e-4, min_lr=1e-5, warmup_steps=500,
+                       steps=50_000, max_bytes=2 ** 31, min_len_fraction=1.0, log_every=100,
+                       eval_every=5000, ckpt_every=5000),
 }

@@ -6,9 +6,9 @@ those 80 % become ``[MASK]``, 10 % a random token, 10 % stay. To exercise the ke
 each sample keeps a random length in ``[min_len_fraction·L, L]`` and the rest is ``[PAD]``
 (ignored as keys and as targets).
 
-Every rank of a sequence group builds the *same* full batch from the same seeded generator
-(no broadcast needed) and keeps its chunk; data-parallel replicas get different windows from the
-:class:`shared.data.sampler.EpochSampler` and different masking seeds.
+Every rank builds the *same* global batch from the same seeded generator (no broadcast needed)
+and keeps its replica's rows and its chunk of tokens, so a run does not depend on the layout.
+Validation uses fixed batches, :func:`validation_batches`, the same in training and in ``eval``.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import math
 import torch
 
 from shared.data.text_corpus import Corpus, load_corpus
+from shared.errors import UsageError
 
 
 class MLMData:
@@ -25,9 +26,9 @@ class MLMData:
     def __init__(self, corpus: Corpus, seq_len: int, mask_prob: float = 0.15,
                  min_len_fraction: float = 1.0, seed: int = 0):
         if not 0.0 < mask_prob < 1.0:
-            raise ValueError(f"mask_prob must be in (0, 1); got {mask_prob}")
+            raise UsageError(f"--mask_prob must be in (0, 1); got {mask_prob}")
         if not 0.0 < min_len_fraction <= 1.0:
-            raise ValueError(f"min_len_fraction must be in (0, 1]; got {min_len_fraction}")
+            raise UsageError(f"--min_len_fraction must be in (0, 1]; got {min_len_fraction}")
         self.corpus, self.seq_len, self.mask_prob = corpus, seq_len, mask_prob
         self.min_len = max(1, math.ceil(min_len_fraction * seq_len))
         self.seed = seed
@@ -35,13 +36,13 @@ class MLMData:
         self.vocab_size = corpus.vocab_size + 2
         for split in ("train", "val"):
             if self.num_items(split) < 1:
-                raise ValueError(f"the {split} split of {corpus.source} has "
+                raise UsageError(f"the {split} split of {corpus.source} has "
                                  f"{corpus.tokens(split).numel()} tokens, fewer than one window of "
                                  f"{seq_len + 1}; use a shorter --seq_len or more data")
 
     @classmethod
     def from_config(cls, cfg) -> "MLMData":
-        corpus = load_corpus(cfg.data, max_bytes=cfg.max_bytes)
+        corpus = load_corpus(cfg.data or None, max_bytes=cfg.max_bytes)
         return cls(corpus, cfg.seq_len, cfg.mask_prob, cfg.min_len_fraction, cfg.seed)
 
     def num_items(self, split: str) -> int:
@@ -76,3 +77,9 @@ class MLMData:
             items = (torch.arange(batch_size) * max(1, n // (batch_size * count)) + i) % n
             out.append(self.batch("val", items, key=10_000_019 + i))
         return out
+
+
+def validation_batches(data: MLMData, cfg) -> list:
+    """The validation batches of a run: ``cfg.eval_batches`` global batches of ``cfg.batch_size``
+    fixed windows (the same in train-time validation and in ``seqpar.eval``)."""
+    return data.eval_batches(cfg.eval_batches, cfg.batch_size)

@@ -1,64 +1,102 @@
-"""Evaluate a trained run: masked-LM loss and accuracy on the validation split.
+"""Evaluate a trained run: masked-LM loss and accuracy on the validation batches of the run.
 
-    python -m seqpar.eval --run runs/seqpar/<run>            # one process (serial attention)
-    torchrun --nproc-per-node 2 -m seqpar.eval --run ...      # sequence parallel over 2 ranks
+    python -m seqpar.eval --run RUN                              # one process
+    torchrun --standalone --nproc-per-node 2 -m seqpar.eval -- --run RUN   # sequence parallel 2
 
-(``make eval-seqpar ARGS="--run runs/seqpar/<run>"``.) The run's config.json gives the model
-and data; ``--data`` evaluates on another corpus of the same vocabulary.
+``RUN`` is a run directory or a run name under ``runs/seqpar`` (default: the newest run). The
+run's config.json gives the model, the data and the validation batches, which are the ones of
+train-time validation (:func:`seqpar.data.validation_batches`); the result does not depend on the
+number of processes or ``--seq_parallel``. ``--data`` evaluates on another corpus of the same
+vocabulary. (``make eval-seqpar ARGS="--run RUN"``.) Under torchrun, put ``--`` before the
+script's flags: torchrun's own parser otherwise takes ``--run`` for an abbreviation of its
+``--run-path``.
 """
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-from shared.train.checkpoint import load_checkpoint
-from shared.train.config import load_config, parse_config
-from shared.parallel.dist import init_distributed, main_guard
-from shared.train.run import latest_run, log0
+from shared.errors import UsageError
 from shared.parallel.topology import build_topology
+from shared.train import (ConfigError, checkpoint_files, entry_point, load_checkpoint,
+                          load_config, log0, parse_config, resolve_run, runs_root, start)
 
 from .config import Config
-from .data import MLMData
+from .data import MLMData, validation_batches
 from .parallel import SequenceParallelBert
-from .rsa import check_sequence_split
-from .train import REPO, build_model, evaluate
+from .train import build_model, check_layout, evaluate
 
 
 @dataclass
 class EvalConfig:
     run: str = ""
-    """run directory holding config.json and checkpoint.pt ("" = the latest under <repo>/runs/seqpar)"""
+    """run directory or name under out_dir; "" = the newest run with a checkpoint"""
+    out_dir: str = ""
+    """root of the run directories; "" = <repo>/runs/seqpar"""
     data: str = ""
-    """evaluate on this corpus instead of the run's"""
-    batches: int = 16
-    batch_size: int = 8
-    mode: str = "seq"
-    """parallel mode (only 'seq')"""
+    """evaluate on this corpus instead of the run's (same vocabulary)"""
+    mode: str = ""
+    """parallel mode; "" = the paper's (seq)"""
+    seq_parallel: int = 0
+    """ranks per sequence group; 0 = all processes"""
+    eval_batches: int = 0
+    """validation batches; 0 = the run's (those of its train-time validation)"""
+    device: str = "auto"
+    timeout: float = 600.0
+    threads: int = 0
+    debug: bool = False
+
+    def validate(self) -> None:
+        if self.mode and self.mode not in Config.MODES:
+            raise ConfigError(f"--mode {self.mode!r} is not a mode of seqpar; choose one of: "
+                              f"{', '.join(Config.MODES)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device {self.device!r}: choose auto, cpu or cuda")
+        for name in ("seq_parallel", "eval_batches", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0 (0 = the default); got "
+                                  f"{getattr(self, name)}")
+        if self.timeout <= 0:
+            raise ConfigError(f"--timeout must be a positive number of seconds; got {self.timeout}")
 
 
-@main_guard
+@entry_point
 def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_config(EvalConfig, None, argv, default_preset=None)
-    if args.mode != "seq":
-        raise ValueError(f"seqpar evaluates with --mode seq; got {args.mode!r}")
-    run = Path(args.run) if args.run else latest_run(REPO / "runs" / "seqpar")
+    run = resolve_run(runs_root(args, "seqpar"), args.run)
     cfg = load_config(Config, run / "config.json")
-    if args.data:
-        cfg = dataclasses.replace(cfg, data=args.data)
-    env = init_distributed()
-    check_sequence_split(cfg.seq_len, env.world_size)
-    topo = build_topology("seq")
+    cfg = dataclasses.replace(cfg, data=args.data or cfg.data,
+                              eval_batches=args.eval_batches or cfg.eval_batches,
+                              device=args.device, timeout=args.timeout, threads=args.threads)
+    files = checkpoint_files(run)
+    if files[0].name != "checkpoint.pt":
+        raise UsageError(f"{run} holds per-rank checkpoints, but seqpar saves one replicated "
+                         f"checkpoint.pt; is it a run of another paper?")
+    env = start(cfg)
+    n = check_layout(args.seq_parallel, env.world_size, cfg.seq_len)
+    topo = build_topology("seq", grid_size=n)
     data = MLMData.from_config(cfg)
+    state = load_checkpoint(files[0], map_location=env.device)
+    if state.get("paper") != "seqpar":
+        raise UsageError(f"{files[0]} is a checkpoint of {state.get('paper')!r}, not of seqpar; "
+                         f"evaluate it with that paper's eval")
+    weights = state["task"]["model"]
+    vocab = weights["embed.word.weight"].shape[0]
+    if vocab != data.vocab_size:
+        raise UsageError(f"--data {cfg.data}: its vocabulary has {data.vocab_size} ids, the "
+                         f"model of {run} was trained on {vocab}; evaluate on a corpus of the "
+                         f"same tokenizer")
     model = build_model(cfg, data.vocab_size).to(env.device)
-    state = load_checkpoint(run / "checkpoint.pt", map_location=env.device)
-    model.load_state_dict(state["model"])
-    sp = SequenceParallelBert(model, topo, lean=cfg.lean, seed=cfg.seed)
-    metrics = evaluate(sp, data, args.batches, args.batch_size)
+    model.load_state_dict(weights)
+    sp = SequenceParallelBert(model, topo, lean=cfg.lean, overlap=cfg.overlap, seed=cfg.seed)
+    metrics = evaluate(sp, validation_batches(data, cfg), env.device)
     log0(f"seqpar eval: step {state['step']}, val loss {metrics['val_loss']:.4f}, "
-         f"val acc {metrics['val_acc']:.3f} ({args.batches} batches of {args.batch_size} x "
-         f"{cfg.seq_len} tokens, {data.corpus.source})")
-    return metrics
+         f"val acc {metrics['val_acc']:.3f} ({cfg.eval_batches} batches of {cfg.batch_size} x "
+         f"{cfg.seq_len} tokens, {data.corpus.source}; {topo.dp_size} data x {n} sequence); "
+         f"run {run}")
+    return {**metrics, "step": state["step"], "run": str(run)}
 
 
 if __name__ == "__main__":

@@ -14,11 +14,12 @@ from __future__ import annotations
 import torch
 
 from shared.bench import PeakMemory, SavedTensorBytes, Timer
+from shared.errors import UsageError
 from shared.parallel.topology import Topology
 
 from .models.bert import BertConfig, BertMLM
-from .parallel import SequenceParallelBert
-from .tp_baseline import TensorParallelBert
+from .parallel import SequenceParallelBert, mlm_loss
+from .parallel_tp1d import TensorParallelBert
 
 METHODS = ("rsa", "lean", "tp")
 
@@ -33,7 +34,7 @@ def build(method: str, bert: BertConfig, topo: Topology, seed: int = 0, overlap:
         model = SequenceParallelBert(serial, topo, lean=method == "lean", overlap=overlap,
                                      seed=seed)
     else:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     return model, sum(p.numel() for p in model.parameters())
 
 
@@ -49,7 +50,8 @@ def random_batch(batch: int, length: int, vocab: int, seed: int = 0):
 def step_loss(method: str, model, ids, mask, labels):
     if method == "tp":
         return model.loss(model(ids, mask), labels)
-    loss, _ = model.loss(model(model.local_chunk(ids), mask), model.local_chunk(labels))
+    loss, _ = mlm_loss(model(model.local_chunk(ids), mask), model.local_chunk(labels),
+                       int((labels != -100).sum()))
     return loss
 
 

@@ -1,45 +1,121 @@
 """Sequence parallelism applied from outside to the serial BERT, composed with data parallelism.
 
-Layout (``shared.parallel.topology.build_topology("seq", grid_size=N)``): the world is ``dp × N``; each
-sequence group of N ranks holds the same samples, rank n the tokens ``[n·c, (n+1)·c)``; each
+Layout (``build_topology("seq", grid_size=N)``): the world is ``dp × N``; each sequence group of
+N ranks holds the same samples, rank n the tokens ``[n·c, (n+1)·c)`` with ``c = L/N``; each
 data-parallel group holds the ranks with the same n. Weights are replicated everywhere.
 
-* Embeddings use absolute positions ``n·c + arange(c)``; LayerNorm, projections, MLP, dropout
-  and the MLM head run locally on the chunk, with no communication.
-* Attention is Ring Self-Attention (:mod:`seqpar.rsa`) over the sequence group, with the key
-  padding mask over the full sequence.
-* Loss: each rank's sum of masked-token cross-entropy is divided by the *global* count of masked
-  tokens (all ranks of all replicas) and multiplied by ``dp``; the parameter gradients are then
-  summed over the sequence group and averaged over data parallelism, which makes them exactly the
-  gradients of the true global mean (the reference sums per-rank means: N× the true loss). The
-  reported loss is that true mean.
+The distribution is a plan keyed by module name (:func:`sequence_parallel_plan`), applied with
+:func:`shared.parallel.plan.apply_plan` to :class:`seqpar.models.bert.BertMLM`::
+
+    "embed"         ChunkPositions: the local chunk's absolute positions n·c + arange(c)
+    "layers.*.attn" RingAttention: Ring Self-Attention (:mod:`seqpar.parallel_rsa`) over the
+                    sequence group, with the key padding mask over the full sequence
+
+Every other module (LayerNorm, projections, MLP, dropout, the MLM head) runs locally on the chunk
+with no communication. Both styles change the module in place, so parameter names and the state
+dict stay those of the serial model (a checkpoint loads into either).
+
+* Loss (:func:`mlm_loss`): each rank's sum of masked-token cross-entropy divided by the *global*
+  count of masked tokens (every rank reads the whole global batch, so it knows that count with no
+  communication). Summing the parameter gradients over the sequence group and over the data
+  group (:meth:`SequenceParallelBert.grad_plans`: ``GradSync(..., average=False)``) then gives
+  exactly the gradient of the true global mean (the reference sums per-rank means: N× the true
+  loss). The reported loss is a ``(sum, count)`` pair, an exact global mean whatever the layout.
 * Dropout draws from the "sharded" RNG stream: every rank holds different tokens.
+  :meth:`SequenceParallelBert.reseed` seeds it from (seed, step, rank) at every training step, so
+  a resumed run draws the same masks without any RNG state in the checkpoint.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 
 import torch
 import torch.nn as nn
 
-from shared.parallel.comm import raw_all_reduce
+from shared.errors import UsageError
+from shared.parallel.plan import apply_plan
 from shared.parallel.seeding import RNGStreams
-from shared.parallel.topology import Topology
+from shared.parallel.topology import Group, Topology
+from shared.train.gradients import GradSync, NormPart
 
 from .models.bert import BertMLM, mlm_loss_terms
-from .rsa import check_sequence_split, ring_self_attention
+from .parallel_rsa import check_sequence_split, ring_self_attention
+
+
+# ----------------------------------------------------------------------------------------------
+# the plan's styles: style(name, module) -> module (here: the same module, changed in place)
+
+
+class ChunkPositions:
+    """Style for the embedding: position ids of the local chunk become absolute, ``n·c + i``."""
+
+    def __init__(self, group: Group):
+        self.group = group
+
+    def __call__(self, name: str, module: nn.Module) -> nn.Module:
+        old = getattr(module, "_chunk_positions", None)
+        if old is not None:                            # applied again: the latest group wins
+            old.remove()
+        module._chunk_positions = module.register_forward_pre_hook(self._shift)
+        return module
+
+    def _shift(self, module, args):
+        ids, positions = args                         # [B, c], [c]
+        positions = positions + self.group.rank * ids.shape[1]
+        limit = module.position.num_embeddings
+        if int(positions[-1]) >= limit:
+            raise UsageError(f"position {int(positions[-1])} exceeds the model's max_len {limit}; "
+                             f"use a sequence of at most {limit} tokens (--seq_len)")
+        return ids, positions
+
+
+class RingAttention:
+    """Style for an attention layer: its core becomes Ring Self-Attention over ``group``."""
+
+    def __init__(self, group: Group, lean: bool = False, overlap: bool = True):
+        self.core = functools.partial(ring_self_attention, group=group, lean=lean, overlap=overlap)
+
+    def __call__(self, name: str, module: nn.Module) -> nn.Module:
+        module.core = functools.partial(_core, self.core)
+        return module
+
+
+def _core(ring_core, q, k, v, key_mask, dropout_p):
+    return ring_core(q, k, v, key_mask=key_mask, dropout_p=dropout_p)
+
+
+def sequence_parallel_plan(group: Group, lean: bool = False, overlap: bool = True) -> dict:
+    """How :class:`BertMLM` is distributed over a sequence group, keyed by module name."""
+    return {
+        "embed": ChunkPositions(group),
+        "layers.*.attn": RingAttention(group, lean, overlap),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# the wrapper
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A 63-bit seed for (run seed, step, global rank): a hash, so distinct triples get
+    unrelated streams."""
+    digest = hashlib.blake2b(f"seqpar/{seed}/{step}/{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 class SequenceParallelBert(nn.Module):
-    """Wraps a :class:`BertMLM` so that its attention layers run Ring Self-Attention.
+    """A :class:`BertMLM` whose attention layers run Ring Self-Attention (see the module
+    docstring); ``forward`` takes this rank's chunk of tokens.
 
     Args:
         model: the serial model (its weights are used as they are: replicate them by building
-            it from the same seed on every rank, or by loading the same state dict).
+            it from the same seed on every rank, or by loading the same state dict). The plan is
+            applied to it in place.
         topo: a ``"seq"`` topology (sequence group ``topo["seq"]``, data group ``topo["data"]``).
         lean: use the memory-lean log-sum-exp attention instead of the paper's RSA.
         overlap: overlap each ring transfer with the matmul on the current block.
-        seed: seeds the dropout RNG streams.
+        seed: seeds the dropout RNG streams (until :meth:`reseed`).
     """
 
     def __init__(self, model: BertMLM, topo: Topology, lean: bool = False, overlap: bool = True,
@@ -47,53 +123,51 @@ class SequenceParallelBert(nn.Module):
         super().__init__()
         if topo.mode != "seq":
             raise ValueError(f"SequenceParallelBert needs a 'seq' topology; got {topo.mode!r}")
-        self.model, self.topo = model, topo
-        self.seq, self.data = topo["seq"], topo["data"]
+        self.topo, self.seq, self.data = topo, topo["seq"], topo["data"]
+        self.model = apply_plan(model, sequence_parallel_plan(self.seq, lean, overlap))
+        self.seed = seed
         self.streams = RNGStreams(seed, topo.grid_rank, topo.coords["data"])
-        core = functools.partial(ring_self_attention, group=self.seq, lean=lean, overlap=overlap)
-        for layer in model.layers:
-            layer.attn.core = functools.partial(_core, core)
 
     def local_chunk(self, x: torch.Tensor) -> torch.Tensor:
         """This rank's chunk of a full-sequence tensor ``[B, L, ...]`` (dim 1)."""
         c = check_sequence_split(x.shape[1], self.seq.size)
         return x[:, self.seq.rank * c:(self.seq.rank + 1) * c]
 
+    def local_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """This data-parallel replica's rows of a global batch ``[B, ...]`` (dim 0)."""
+        dp, d = self.data.size, self.data.rank
+        if x.shape[0] % dp:
+            raise UsageError(f"a batch of {x.shape[0]} samples cannot be split evenly over "
+                             f"{dp} data-parallel replicas; use a batch size that is a multiple "
+                             f"of {dp} (--batch_size), or a larger --seq_parallel")
+        share = x.shape[0] // dp
+        return x[d * share:(d + 1) * share]
+
+    def reseed(self, step: int) -> None:
+        """Seed the dropout stream from (seed, step, global rank)."""
+        self.streams.add("sharded", step_seed(self.seed, step, self.topo.rank))
+
     def forward(self, ids_local, key_mask=None):
         """ids_local: [B, c] this rank's chunk; key_mask: [B, L] full. Returns logits [B, c, V]."""
         b, c = ids_local.shape
         length = c * self.seq.size
         if key_mask is not None and tuple(key_mask.shape) != (b, length):
-            raise ValueError(f"key mask must be [B, L] = [{b}, {length}] over the full sequence; "
+            raise UsageError(f"key mask must be [B, L] = [{b}, {length}] over the full sequence; "
                              f"got {tuple(key_mask.shape)}")
-        positions = self.seq.rank * c + torch.arange(c, device=ids_local.device)
         with self.streams.fork("sharded"):
-            return self.model(ids_local, key_mask, positions)
+            return self.model(ids_local, key_mask)
 
-    def loss(self, logits, labels_local):
-        """(loss to backpropagate on this rank, true global mean loss for reporting).
-
-        The global count of masked tokens is all-reduced over sequence and data groups."""
-        loss_sum, count = mlm_loss_terms(logits, labels_local)
-        totals = torch.stack([loss_sum.detach(), count.to(loss_sum.dtype)])
-        totals = raw_all_reduce(raw_all_reduce(totals, self.seq), self.data)
-        global_count = totals[1].clamp_min(1.0)
-        backprop = loss_sum * (self.data.size / global_count)
-        return backprop, totals[0] / global_count
-
-    def sync_gradients(self) -> None:
-        """Sum every parameter gradient over the sequence group, average it over data parallel
-        (one flat buffer, two all-reduces)."""
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if not grads or self.topo.world_size == 1:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        flat = raw_all_reduce(raw_all_reduce(flat, self.seq), self.data) / self.data.size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+    def grad_plans(self) -> tuple[list[GradSync], list[NormPart]]:
+        """Replicated weights, loss normalised by the global token count: gradients are summed
+        over the sequence and the data groups; the norm is counted once."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return [GradSync(params, [self.seq, self.data], average=False)], [NormPart(params, None)]
 
 
-def _core(ring_core, q, k, v, key_mask, dropout_p):
-    return ring_core(q, k, v, key_mask=key_mask, dropout_p=dropout_p)
+def mlm_loss(logits, labels_local, global_count):
+    """(loss to backpropagate on this rank, ``(sum, count)`` of this rank for reporting).
+
+    ``global_count``: masked tokens of the whole global batch (every replica, every chunk)."""
+    loss_sum, count = mlm_loss_terms(logits, labels_local)
+    loss = loss_sum / max(float(global_count), 1.0)
+    return loss, (loss_sum.detach(), count.detach())

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from shared.bench import ResultsConfig, copy_tables_to_readme, results_dir, write_table
-from shared.train.config import parse_config
+from shared.train import entry_point, parse_config
 from shared.parallel.dist import spawn
 from shared.parallel.topology import build_topology
 
@@ -232,7 +232,9 @@ def formula_table() -> list[dict]:
     return rows
 
 
+@entry_point
 def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_config(ResultsConfig, None, argv, default_preset=None)
     args.out = str(results_dir(RESULTS, args.out, args.smoke))
     s = SMOKE if args.smoke else FULL
@@ -257,8 +259,8 @@ def main(argv=None) -> dict:
                        f"len at batch {s.b0}, derived from the measured saved bytes (exactly "
                        f"linear in B, quadratic in L; 'fit error' = relative error at a "
                        f"held-out point)",
-                       "TP = Megatron 1D (shared/tp1d.py) of the same BERT; RSA = the paper's ring "
-                       "self-attention; lean = our log-sum-exp mode (no [c, L] score block)",
+                       "TP = Megatron 1D (shared/parallel/tp1d.py) of the same BERT; RSA = the "
+                       "paper's ring self-attention; lean = our log-sum-exp mode (no [c, L] score block)",
                        f"paper (BERT-Base, 64 P100s vs TP at 12): "
                        f"{PAPER_CLAIMS['max_batch_ratio']}x max batch, about "
                        f"{PAPER_CLAIMS['max_seq_ratio']}x max sequence length"])
@@ -286,4 +288,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

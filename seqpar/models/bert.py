@@ -1,4 +1,4 @@
-"""A pre-LN BERT for masked language modelling, single-device (no torch.distributed here).
+"""A pre-LN BERT for masked language modelling, single-device (no process groups here).
 
 Architecture as in the paper's Megatron BERT example (arXiv 2105.13120, §4; Megatron-LM's
 pre-LayerNorm encoder): word + position embeddings → dropout → ``layers`` × [x + Attn(LN(x)),
@@ -7,7 +7,7 @@ The sentence-order (SOP) head of the paper's example is not included: we pre-tra
 
 Parallelism is applied from outside: every attention layer calls ``self.core(q, k, v, key_mask,
 dropout_p)``, which is :func:`dense_attention` here and Ring Self-Attention once
-:class:`seqpar.parallel.SequenceParallelBert` wraps the model. The model itself only sees a chunk
+the plan of :mod:`seqpar.parallel` is applied to the model. The model itself only sees a chunk
 of tokens (``positions`` tells it which), so the same code runs serially and on one chunk.
 """
 from __future__ import annotations

@@ -223,10 +223,12 @@ def check_world(mode: str, world_size: int, grid_size: int | None = None, depth:
         grid_size = 1 if mode == "data" else world_size
     grid_shape(mode, grid_size, depth)
     if world_size % grid_size:
+        sizes = sorted({grid_size * max(1, world_size // grid_size),
+                        grid_size * (world_size // grid_size + 1)})
         raise TopologyError(
             f"world size {world_size} is not a multiple of the {mode} grid size {grid_size}: "
             f"data parallelism takes the remaining ranks, so use a world size of "
-            f"{grid_size * max(1, world_size // grid_size)} or {grid_size * (world_size // grid_size + 1)}")
+            f"{' or '.join(str(v) for v in sizes)}")
     return grid_size
 
 

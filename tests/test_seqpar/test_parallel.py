@@ -13,15 +13,19 @@ a wrong block origin, a missing mask, a gradient not summed) gives errors of ord
 import pytest
 import torch
 
+from shared.errors import UsageError
+
 from shared.parallel.comm import CommMeter
 from shared.parallel.dist import spawn
-from shared.parallel.topology import build_topology, single_group
+from shared.parallel.plan import apply_plan
+from shared.parallel.topology import Group, build_topology, single_group
+from shared.train import global_grad_norm, reduce_metrics, sync_gradients
 
-from seqpar import rsa
+from seqpar import parallel_rsa as rsa
 from seqpar.models.bert import BertConfig, BertMLM, dense_attention, mlm_loss_terms
-from seqpar.parallel import SequenceParallelBert
-from seqpar.tp_baseline import TensorParallelBert
-from seqpar.rsa import check_sequence_split, ring_self_attention
+from seqpar.parallel import SequenceParallelBert, mlm_loss, sequence_parallel_plan
+from seqpar.parallel_rsa import check_sequence_split, ring_self_attention
+from seqpar.parallel_tp1d import TensorParallelBert
 
 TOL = 1e-5
 B, Z, A, C = 3, 3, 7, 5          # batch, heads, head dim, tokens per rank
@@ -108,6 +112,21 @@ def bert_batch(batch: int, length: int, c: int):
     return ids, mask, labels
 
 
+def sp_step(sp: SequenceParallelBert, ids, mask, labels):
+    """One training step as the core runs it on a global batch: this replica's rows, this rank's
+    chunk, the loss over the global count of masked tokens, the gradient plan executed.
+    Returns (local logits, the reported global mean loss, the global gradient norm)."""
+    count = int((labels != -100).sum())
+    ids, mask, labels = (sp.local_rows(t) for t in (ids, mask, labels))
+    logits = sp(sp.local_chunk(ids), mask)
+    loss, pair = mlm_loss(logits, sp.local_chunk(labels), count)
+    loss.backward()
+    sync_plan, norm_plan = sp.grad_plans()
+    sync_gradients(sync_plan)
+    reported = reduce_metrics({"loss": pair}, [sp.seq, sp.data], "cpu")["loss"]
+    return logits, torch.tensor(reported), global_grad_norm(norm_plan)
+
+
 def bert_errors(seq_size: int, lean: bool) -> dict:
     topo = build_topology("seq", grid_size=seq_size)
     seq, data = topo["seq"], topo["data"]
@@ -120,15 +139,14 @@ def bert_errors(seq_size: int, lean: bool) -> dict:
     loss_sum, count = mlm_loss_terms(logits_ref, labels)
     loss_ref = loss_sum / count
     loss_ref.backward()
+    norm_ref = torch.cat([p.grad.reshape(-1) for p in serial.parameters()]).norm()
     # ours: this replica's samples, this rank's chunk
     sp = SequenceParallelBert(tiny_bert(), topo, lean=lean)
+    logits, reported, norm = sp_step(sp, ids, mask, labels)
     samples = slice(data.rank * per_replica, (data.rank + 1) * per_replica)
-    logits = sp(sp.local_chunk(ids[samples]), mask[samples])
-    loss, reported = sp.loss(logits, sp.local_chunk(labels[samples]))
-    loss.backward()
-    sp.sync_gradients()
     cols = slice(seq.rank * C, (seq.rank + 1) * C)
-    errors = {"logits": rel(logits, logits_ref[samples, cols]), "loss": rel(reported, loss_ref)}
+    errors = {"logits": rel(logits, logits_ref[samples, cols]), "loss": rel(reported, loss_ref),
+              "grad norm": rel(norm, norm_ref)}
     ref_params = dict(serial.named_parameters())
     for name, p in sp.model.named_parameters():
         errors[f"grad {name}"] = rel(p.grad, ref_params[name].grad)
@@ -136,19 +154,22 @@ def bert_errors(seq_size: int, lean: bool) -> dict:
 
 
 def bert_dropout_runs(seq_size: int, lean: bool) -> dict:
+    """Dropout masks come from (seed, step, rank): the same step twice draws the same masks,
+    another step other masks, and dropout changes the result."""
     topo = build_topology("seq", grid_size=seq_size)
     ids, mask, labels = bert_batch(B, C * seq_size, C)
     losses, grads = [], []
-    for dropout in (0.2, 0.2, 0.0):
+    for dropout, step in ((0.2, 3), (0.2, 3), (0.2, 4), (0.0, 3)):
         sp = SequenceParallelBert(tiny_bert(dropout), topo, lean=lean, seed=7)
-        loss, reported = sp.loss(sp(sp.local_chunk(ids), mask), sp.local_chunk(labels))
-        loss.backward()
-        sp.sync_gradients()
+        torch.manual_seed(100 + step)          # the global RNG must not matter
+        sp.reseed(step)
+        _, reported, _ = sp_step(sp, ids, mask, labels)
         losses.append(reported.item())
         grads.append(torch.cat([p.grad.reshape(-1) for p in sp.model.parameters()]))
     same = max(abs(losses[0] - losses[1]), (grads[0] - grads[1]).abs().max().item())
     return {"same_seed_diff": same,
-            "dropout_effect": abs(losses[0] - losses[2])}
+            "other_step_diff": (grads[0] - grads[2]).abs().max().item(),
+            "dropout_effect": abs(losses[0] - losses[3])}
 
 
 def tp_baseline_errors() -> dict:
@@ -188,7 +209,7 @@ def bad_input_messages(group) -> dict:
         try:
             fn()
             out[name] = None
-        except ValueError as exc:
+        except UsageError as exc:
             out[name] = str(exc)
     return out
 
@@ -257,7 +278,7 @@ def test_attention_dropout_reproducible(results, world, lean):
 def test_bert_matches_serial(results, world, seq_size, lean):
     for rank, r in enumerate(results[world]):
         errors = r["bert"][(seq_size, lean)]
-        assert len([k for k in errors if k.startswith("grad")]) >= 20   # every parameter checked
+        assert len([k for k in errors if k.startswith("grad ")]) >= 20  # every parameter checked
         bad = {k: v for k, v in errors.items() if not v < TOL}
         assert not bad, (rank, bad)
 
@@ -268,6 +289,7 @@ def test_bert_dropout_reproducible(results, world, lean):
     for r in results[world]:
         d = r["bert_dropout"][lean]
         assert d["same_seed_diff"] == 0.0
+        assert d["other_step_diff"] > 1e-6
         assert d["dropout_effect"] > 1e-4
 
 
@@ -295,3 +317,29 @@ def test_communication_volume(results, world):
     for r in results[world]:
         assert r["sent"][False] == (2 * (n - 1), 4 * (n - 1))
         assert r["sent"][True] == (2 * (n - 1), 2 * (n - 1) + 2 * n)
+
+
+def test_plan_is_keyed_by_module_name():
+    """The plan names the embedding and every attention layer; it changes them in place, so the
+    parameters and the state dict stay the serial model's."""
+    group = Group("seq", (0, 1), 1)                   # rank 1 of 2; no communication here
+    plan = sequence_parallel_plan(group)
+    assert set(plan) == {"embed", "layers.*.attn"}
+    serial, model = tiny_bert(), tiny_bert()
+    apply_plan(model, plan)
+    assert all(layer.attn.core is not dense_attention for layer in model.layers)
+    assert all(layer.attn.core is dense_attention for layer in serial.layers)
+    ref, ours = serial.state_dict(), model.state_dict()
+    assert list(ref) == list(ours) and all(torch.equal(ref[k], ours[k]) for k in ref)
+    # the chunk of rank 1 embeds absolute positions c..2c-1
+    ids = torch.randint(0, 19, (2, C))
+    expected = serial.embed.word(ids) + serial.embed.position(torch.arange(C, 2 * C))[None]
+    assert torch.equal(model.embed(ids, torch.arange(C)), expected)
+    small = BertMLM(BertConfig(vocab_size=19, hidden=Z * A, heads=Z, layers=1, ffn=29,
+                               max_len=C + 2))
+    apply_plan(small, sequence_parallel_plan(group))
+    with pytest.raises(UsageError, match="exceeds the model's max_len"):
+        small.embed(ids, torch.arange(C))
+    # applying the plan again (e.g. a second wrapper) does not shift the positions twice
+    apply_plan(model, plan)
+    assert torch.equal(model.embed(ids, torch.arange(C)), expected)

@@ -1,70 +1,178 @@
-"""Training entry points: single process, sequence × data parallel, exact resume, eval, data,
-and the smoke modes of reproduce.py and bench.py (tables produced, not timed)."""
+"""Training on the shared core: learning, exact resume from ``--resume RUN`` alone, eval on the
+same validation batches as training, 1 process = 2 sequence ranks = a 2 × 2 sequence × data grid,
+one-line errors for bad command lines, the MLM data, and the smoke modes of reproduce.py and
+bench.py (tables produced, not timed).
+
+Spawned workers call ``main.__wrapped__`` (the script without its exit-code wrapper), so the
+process group of the spawn stays up between two runs in the same processes."""
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from shared.train.checkpoint import load_checkpoint
-from shared.parallel.dist import SpawnError, spawn
 from shared.data.text_corpus import load_corpus
+from shared.errors import UsageError
+from shared.parallel.dist import spawn
+from shared.train import load_checkpoint
 
 from seqpar import bench, reproduce
 from seqpar import eval as seqpar_eval
 from seqpar import train
 from seqpar.data import MLMData
 
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["--hidden", "24", "--heads", "3", "--layers", "1", "--ffn", "40", "--seq_len", "24",
-        "--batch_size", "4", "--max_bytes", "200000", "--log_every", "2", "--eval_every", "4",
-        "--eval_batches", "2", "--warmup", "2"]
+        "--batch_size", "4", "--log_every", "1", "--eval_every", "4", "--eval_batches", "2",
+        "--warmup_steps", "1", "--lr", "1e-2", "--quiet"]
 
 
-def train_worker(env, argv):
-    return train.main(argv)
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> str:
+    """A small real text corpus (this repository's seqpar sources), quicker to load than the
+    default standard-library scan."""
+    path = tmp_path_factory.mktemp("corpus") / "seqpar_sources.txt"
+    path.write_bytes(b"\n".join(p.read_bytes() for p in sorted((REPO / "seqpar").glob("*.py"))))
+    return str(path)
 
 
-def read_rows(run: Path):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def losses(run: Path, key: str = "loss") -> list[float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r[key] for r in rows if key in r]
 
 
-def test_single_process_train_resume_and_eval(tmp_path):
-    common = TINY + ["--out_dir", str(tmp_path), "--steps", "8", "--ckpt_every", "4",
-                     "--dropout", "0.1", "--attn_dropout", "0.1"]   # resume restores RNG streams
-    full = train.main(common + ["--run_name", "full"])
-    assert full["step"] == 8 and full["train_loss"] == full["train_loss"]
-    # interrupted at step 4, then resumed to 8: identical weights and losses
-    train.main(common + ["--run_name", "split", "--stop_at", "4"])
-    resumed = train.main(["--resume", str(tmp_path / "split")])
-    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]
-    b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed["train_loss"] == full["train_loss"]
-    losses = [r["loss"] for r in read_rows(tmp_path / "split") if "loss" in r]
-    assert losses == [r["loss"] for r in read_rows(tmp_path / "full") if "loss" in r]
+def weights(run: Path) -> dict:
+    return load_checkpoint(run / "checkpoint.pt")["task"]["model"]
+
+
+def one_line_error(capsys, main, argv) -> str:
+    """``main(argv)`` must exit with status 2 and print exactly one line on stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1, (argv, exc.value.code, err)
+    assert err[0].startswith("error: ")
+    return err[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# one process
+
+
+def test_train_learns_resumes_exactly_and_eval_matches(tmp_path, corpus, capsys):
+    common = TINY + ["--data", corpus, "--out_dir", str(tmp_path), "--steps", "8",
+                     "--dropout", "0.1", "--attn_dropout", "0.1"]
+    full = train.main(common + ["--run", "full"])
+    curve = losses(tmp_path / "full")
+    assert full["step"] == 8 and len(curve) == 8 and full["last_loss"] == curve[-1]
+    # it learns: from about ln(258) = 5.55 at initialisation, well below within 8 steps
+    assert curve[0] > 5.0 and curve[-1] < curve[0] - 0.5, curve
     assert (tmp_path / "full" / "curves.png").is_file()
-    metrics = seqpar_eval.main(["--run", str(tmp_path / "full"), "--batches", "2",
-                                "--batch_size", "2"])
-    assert 0.0 < metrics["val_loss"] < 10.0
+    # interrupted at step 4, then `--resume RUN` alone: the saved config, the same losses and
+    # weights (dropout on: its masks come from (seed, step, rank), not from saved RNG state)
+    stopped = train.main(common + ["--run", "split", "--stop_at", "4"])
+    assert stopped["step"] == 4
+    resumed = train.main(["--resume", "split", "--out_dir", str(tmp_path), "--quiet"])
+    assert resumed["step"] == 8
+    assert losses(tmp_path / "split") == curve
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # eval: the same validation batches as train-time validation, so the same numbers
+    metrics = seqpar_eval.main(["--run", "full", "--out_dir", str(tmp_path)])
+    assert metrics["step"] == 8
+    assert metrics["val_loss"] == full["val_loss"] and metrics["val_acc"] == full["val_acc"]
+    # a run name is never reused; resume refuses a change of the model
+    line = one_line_error(capsys, train.main, common + ["--run", "full"])
+    assert "already exists" in line and "--resume" in line
+    line = one_line_error(capsys, train.main, ["--resume", str(tmp_path / "split"),
+                                               "--hidden", "48"])
+    assert "hidden" in line and "cannot change on resume" in line
 
 
-def test_parallel_runs_match_single_process(tmp_path):
-    """Dropout off: 2 sequence ranks and 2 seq × 2 data ranks train like one process."""
-    common = TINY + ["--out_dir", str(tmp_path), "--steps", "3", "--dropout", "0",
-                     "--attn_dropout", "0", "--eval_every", "3"]
-    ref = train.main(common + ["--run_name", "one"])
-    seq2 = spawn(train_worker, 2, common + ["--run_name", "seq2", "--lean", "true"])[0]
-    grid = spawn(train_worker, 4, common + ["--run_name", "grid", "--seq_parallel", "2"])[0]
-    for out in (seq2, grid):
-        assert abs(out["train_loss"] - ref["train_loss"]) < 1e-4 * ref["train_loss"]
-        assert abs(out["val_loss"] - ref["val_loss"]) < 1e-4 * ref["val_loss"]
+def test_bad_command_lines_exit_2_with_one_line(tmp_path, corpus, capsys):
+    base = TINY + ["--data", corpus, "--out_dir", str(tmp_path)]
+    cases = [
+        (train.main, base + ["--sequence_parallel", "2"], "unknown config key --sequence_parallel"),
+        (train.main, base + ["--mode", "2d"], "choose one of: seq"),
+        (train.main, base + ["--seq_parallel", "2"], "start 2 or 4 processes"),
+        (train.main, base + ["--heads", "5"], "not divisible by --heads 5"),
+        (train.main, base + ["--lr", "fast"], "--lr expects float"),
+        (train.main, base + ["--grad_clip", "-1"], "--grad_clip must be >= 0"),
+        (train.main, base + ["--data", str(tmp_path / "missing")], "no corpus at"),
+        (train.main, base + ["--batch_size", "100000"], "fewer than one batch"),
+        (seqpar_eval.main, ["--runn", "x"], "unknown config key --runn"),
+        (seqpar_eval.main, ["--mode", "1d", "--out_dir", str(tmp_path)], "not a mode of seqpar"),
+        (seqpar_eval.main, ["--run", "nowhere", "--out_dir", str(tmp_path)], "no run directory"),
+        (seqpar_eval.main, ["--out_dir", str(tmp_path)], "no run with a checkpoint"),
+    ]
+    for main, argv, expected in cases:
+        assert expected in one_line_error(capsys, main, argv), argv
+    assert not any(tmp_path.iterdir())                  # no run directory was left behind
 
 
-def test_train_rejects_bad_settings(tmp_path):
-    with pytest.raises(SpawnError, match="sequence length 25 is not divisible"):
-        spawn(train_worker, 2, TINY + ["--seq_len", "25", "--out_dir", str(tmp_path)])
-    with pytest.raises(Exception, match="--mode seq"):
-        train.main(TINY + ["--mode", "2d", "--out_dir", str(tmp_path)])
+def test_layout_errors_name_distinct_valid_sizes():
+    with pytest.raises(UsageError, match="start 3 or 6 processes, or use --seq_parallel 1$"):
+        train.check_layout(3, 1, 24)                    # not "3 or 3"
+    with pytest.raises(UsageError, match="start 4 or 8 processes, or use --seq_parallel 2 or 3$"):
+        train.check_layout(4, 6, 24)
+    with pytest.raises(UsageError, match="pad or cut it to 24 or 26"):
+        train.check_layout(0, 2, 25)
+    assert train.check_layout(0, 4, 24) == 4 and train.check_layout(2, 4, 24) == 2
+
+
+def test_nan_loss_stops_with_one_line(tmp_path, corpus, capsys):
+    line = one_line_error(capsys, train.main, TINY + [
+        "--data", corpus, "--out_dir", str(tmp_path), "--steps", "5", "--lr", "1e30",
+        "--min_lr", "1e30", "--grad_clip", "0"])
+    assert "loss became" in line and "--lr" in line
+
+
+# ----------------------------------------------------------------------------------------------
+# several processes
+
+
+def layout_worker(env, common, root):
+    """On 4 ranks: a 2 sequence × 2 data grid; 4 sequence ranks with the lean attention; eval of
+    the one-process run on the grid and on 4 sequence ranks; a grid run stopped (resumed by the
+    test on one process); with dropout, a grid run stopped and resumed on the grid. (One spawn: starting processes costs more than these tiny runs.)"""
+    run_train, run_eval = train.main.__wrapped__, seqpar_eval.main.__wrapped__
+    out = {"grid": run_train(common + ["--run", "grid", "--seq_parallel", "2"]),
+           "seq4": run_train(common + ["--run", "seq4", "--lean", "true"]),
+           "eval_grid": run_eval(["--run", "one", "--out_dir", root, "--seq_parallel", "2"]),
+           "eval_seq4": run_eval(["--run", "one", "--out_dir", root])}
+    run_train(common + ["--run", "grid_stop", "--seq_parallel", "2", "--stop_at", "2"])
+    drop = common + ["--seq_parallel", "2", "--dropout", "0.1", "--attn_dropout", "0.1"]
+    run_train(drop + ["--run", "grid_full"])
+    run_train(drop + ["--run", "grid_split", "--stop_at", "2"])
+    run_train(["--resume", "grid_split", "--out_dir", root, "--quiet"])
+    return out
+
+
+def test_layouts_match_one_process_and_resume_on_the_grid(tmp_path, corpus):
+    """Dropout off: 4 sequence ranks and 2 sequence × 2 data ranks train like one process, and
+    eval on them gives the one-process numbers (float32 rounding of a different summation
+    order: 1e-5 relative); a grid run resumes on one process. With dropout, a grid run resumes
+    exactly."""
+    common = TINY + ["--data", corpus, "--out_dir", str(tmp_path), "--steps", "4",
+                     "--dropout", "0", "--attn_dropout", "0"]
+    ref = train.main(common + ["--run", "one"])
+    out = spawn(layout_worker, 4, common, str(tmp_path))[0]
+    curve = losses(tmp_path / "one")
+    train.main(["--resume", "grid_stop", "--out_dir", str(tmp_path), "--quiet",
+                "--seq_parallel", "0"])                 # the layout may change on resume
+    for run in ("seq4", "grid", "grid_stop"):
+        assert losses(tmp_path / run) == pytest.approx(curve, rel=1e-5), run
+    for name, got in out.items():
+        assert got["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-5), name
+        assert got["val_acc"] == pytest.approx(ref["val_acc"], abs=1e-9), name
+    assert losses(tmp_path / "grid_split") == losses(tmp_path / "grid_full")
+    a, b = weights(tmp_path / "grid_full"), weights(tmp_path / "grid_split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------------------------
+# data, reproduce, bench
 
 
 def test_mlm_batches(tmp_path):
@@ -80,7 +188,7 @@ def test_mlm_batches(tmp_path):
     assert (ids[target] == data.mask_id).float().mean() > 0.5      # most targets are [MASK]
     again = data.batch("train", torch.arange(8), key=3)
     assert all(torch.equal(x, y) for x, y in zip((ids, mask, labels), again))
-    with pytest.raises(ValueError, match="fewer than one window"):
+    with pytest.raises(UsageError, match="fewer than one window"):
         MLMData(load_corpus(str(text)), seq_len=100_000)
 
 
@@ -99,21 +207,3 @@ def test_reproduce_and_bench_smoke(tmp_path):
     assert {(r["attention"], r["overlap"]) for r in rows} == {
         ("rsa", "yes"), ("rsa", "no"), ("lean", "yes"), ("lean", "no")}
     assert (tmp_path / "smoke_bench.md").is_file()
-
-
-def test_grid_resume_is_exact(tmp_path):
-    """2 seq x 2 data with dropout: the per-rank RNG streams are saved and restored."""
-    common = TINY + ["--out_dir", str(tmp_path), "--steps", "4", "--ckpt_every", "2",
-                     "--dropout", "0.1", "--attn_dropout", "0.1", "--seq_parallel", "2"]
-    spawn(train_worker, 4, common + ["--run_name", "full"])
-    spawn(train_worker, 4, common + ["--run_name", "split", "--stop_at", "2"])
-    spawn(train_worker, 4, ["--resume", str(tmp_path / "split")])
-    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]
-    b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_nan_loss_stops_with_clear_error(tmp_path):
-    with pytest.raises(FloatingPointError, match=r"loss became (nan|inf) at step [1-4]"):
-        train.main(TINY + ["--out_dir", str(tmp_path), "--steps", "5", "--warmup", "1",
-                           "--lr", "1e30", "--min_lr", "1e30"])

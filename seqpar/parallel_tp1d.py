@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from shared.errors import UsageError
 from shared.parallel.comm import copy_to_group
 from shared.parallel.seeding import RNGStreams
 from shared.parallel.topology import Topology
@@ -33,7 +34,7 @@ from .models.bert import BertMLM, dense_attention
 
 def check_heads(heads: int, p: int) -> None:
     if heads % p:
-        raise ValueError(f"1D tensor parallelism splits attention heads: {heads} heads cannot be "
+        raise UsageError(f"1D tensor parallelism splits attention heads: {heads} heads cannot be "
                          f"divided among {p} ranks; use a number of ranks that divides {heads}")
 
 

@@ -40,6 +40,7 @@ import math
 
 import torch
 
+from shared.errors import UsageError
 from shared.parallel.comm import RingExchange, raw_reduce_scatter
 from shared.parallel.topology import Group
 
@@ -52,27 +53,28 @@ from .models.bert import mask_value, masked_scores
 def check_sequence_split(seq_len: int, n: int) -> int:
     """Tokens per rank ``c = L/N``; a clear error when the sequence cannot be split evenly."""
     if n > seq_len:
-        raise ValueError(f"sequence parallelism over {n} ranks needs at least {n} tokens, but the "
+        raise UsageError(f"sequence parallelism over {n} ranks needs at least {n} tokens, but the "
                          f"sequence has {seq_len}; use fewer ranks or a longer sequence")
     if seq_len % n:
         lower, upper = seq_len - seq_len % n, seq_len + n - seq_len % n
-        raise ValueError(f"sequence length {seq_len} is not divisible by the {n} ranks of the "
-                         f"sequence group; pad or cut it to {lower} or {upper}")
+        raise UsageError(f"sequence length {seq_len} is not divisible by the {n} ranks of the "
+                         f"sequence group; pad or cut it to {lower} or {upper} (--seq_len), or "
+                         f"use a number of ranks that divides {seq_len}")
     return seq_len // n
 
 
 def check_attention_inputs(q, k, v, key_mask, group: Group) -> None:
     """Shapes of the local chunks and of the full-sequence key mask, checked before any work."""
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"q, k, v must all be [B, Z, c, A] local chunks of the same shape; got "
+        raise UsageError(f"q, k, v must all be [B, Z, c, A] local chunks of the same shape; got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     b, _, c, _ = q.shape
     length = c * group.size
     if key_mask is not None and tuple(key_mask.shape) != (b, length):
-        raise ValueError(f"key mask must cover the full sequence, shape [B, L] = [{b}, {length}] "
+        raise UsageError(f"key mask must cover the full sequence, shape [B, L] = [{b}, {length}] "
                          f"({group.size} ranks x {c} local tokens); got {tuple(key_mask.shape)}")
     if key_mask is not None and key_mask.dtype != torch.bool:
-        raise ValueError(f"key mask must be a bool tensor (True = attend); got {key_mask.dtype}")
+        raise UsageError(f"key mask must be a bool tensor (True = attend); got {key_mask.dtype}")
 
 
 def ring_blocks(x: torch.Tensor, group: Group, overlap: bool = True):
@@ -157,7 +159,9 @@ def _rsa(q, k, v, group, key_mask, dropout_p, overlap):
     probs = torch.softmax(masked_scores(scores, key_mask), dim=-1)       # complete local rows
     if dropout_p > 0:
         probs = torch.nn.functional.dropout(probs, dropout_p, training=True)
-    return RingAV.apply(probs, v, group, overlap)
+    # softmax runs in float32 under autocast; the ring matmuls take one dtype (backward runs
+    # outside autocast)
+    return RingAV.apply(probs.to(v.dtype), v, group, overlap)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,4 +275,10 @@ def ring_self_attention(q, k, v, group: Group, key_mask: torch.Tensor | None = N
     if not lean:
         return _rsa(q, k, v, group, key_mask, dropout_p, overlap)
     seed = int(torch.randint(0, 2 ** 31 - 1, ())) if dropout_p > 0 else 0
-    return LeanRingAttention.apply(q, k, v, key_mask, group, overlap, float(dropout_p), seed)
+    # The running max / sum / output must not be rounded to bf16, and a custom Function's
+    # backward runs outside autocast: under autocast the lean mode computes in float32.
+    dtype = q.dtype
+    with torch.autocast(q.device.type, enabled=False):
+        out = LeanRingAttention.apply(q.float(), k.float(), v.float(), key_mask, group, overlap,
+                                      float(dropout_p), seed)
+    return out.to(dtype)
