@@ -12,15 +12,14 @@ line). ``--smoke`` runs tiny sizes with one repeat so the tests can exercise the
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from shared.bench import copy_tables_to_readme, results_dir, time_fn, write_table
-from shared.train.config import parse_config
+from shared.bench import ResultsConfig, copy_tables_to_readme, results_dir, time_fn, write_table
 from shared.parallel.seeding import seed_everything
+from shared.train import entry_point, parse_config
 
 from .models import MoE, create_model
 from .models.vit import Mlp
@@ -29,13 +28,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass
-class BenchConfig:
-    smoke: bool = False
-    out: str = ""            # results directory; "" = widenet/results (smoke: runs/widenet)
+class BenchConfig(ResultsConfig):
     repeat: int = 5
     batch_size: int = 128
     seed: int = 0
-    threads: int = 1         # torch CPU threads (1: stable on a shared machine); 0 = default
+    threads: int = 1
+    """torch CPU threads (1: stable on a shared machine); 0 = torch's default"""
 
 
 def bench_moe_layer(cfg: BenchConfig) -> list[dict]:
@@ -92,8 +90,9 @@ def bench_throughput(cfg: BenchConfig) -> list[dict]:
     return rows
 
 
+@entry_point
 def main(argv=None):
-    cfg = parse_config(BenchConfig, None, argv)
+    cfg = parse_config(BenchConfig, None, argv, default_preset=None)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     if cfg.smoke:
@@ -122,4 +121,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

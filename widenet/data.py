@@ -27,11 +27,13 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from shared.errors import UsageError
+
 CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR_TEST = ["test_batch"]
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """Missing or malformed data: the message names the path, what was expected and found."""
 
 

@@ -15,19 +15,19 @@ decimal, #params in millions) and the v1 abstract (two-decimal deltas), as colle
 """
 from __future__ import annotations
 
-import dataclasses
-import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from shared.bench import copy_tables_to_readme, results_dir, write_table
-from shared.train.config import parse_config
+from shared.bench import ResultsConfig, copy_tables_to_readme, results_dir, write_table
+from shared.train import entry_point, parse_config
+from shared.train.cli import REPO_ROOT
 
 from .config import PRESETS, Config
 from .models import count_parameters, create_model
-from .train import REPO, train
+from .train import main as train_main
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -55,17 +55,19 @@ TINY_ROWS = [("vit_tiny", "vit_b16"), ("vit_moe_tiny", "vit_moe_b"), ("widenet_t
 
 
 @dataclass
-class ReproConfig:
-    smoke: bool = False
-    out: str = ""                 # results directory; "" = widenet/results (smoke: runs/widenet)
-    epochs: float = 5.0           # scaled-down training, per model
+class ReproConfig(ResultsConfig):
+    epochs: float = 5.0
+    """scaled-down training, per model (1 epoch of warm-up)"""
     train_size: int = 8000
     val_size: int = 2000
     seed: int = 42
-    train: bool = True            # false: only the parameter tables (no training)
+    train: bool = True
+    """false: only the parameter tables (no training)"""
 
 
 README = Path(__file__).resolve().parent / "README.md"
+
+
 def count(name: str) -> int:
     with torch.device("meta"):
         return count_parameters(create_model(name))
@@ -97,32 +99,35 @@ def ratio_table(counts: dict) -> list[dict]:
 
 def scaled_down(cfg: ReproConfig, out: Path) -> list[dict]:
     paper = {r[0]: r for r in PAPER_ROWS}
-    runs = out / "runs" if cfg.out else REPO / "runs" / "widenet" / "reproduce"  # not committed
+    stamp = time.strftime("%Y%m%d-%H%M%S")             # run directories are never reused
+    runs = (out / "runs" if cfg.out else REPO_ROOT / "runs" / "widenet" / "reproduce") / stamp
     rows = []
     for tiny, full in TINY_ROWS:
-        run_cfg = Config(**{**PRESETS["tiny"], "model": tiny, "epochs": cfg.epochs,
-                            "train_size": cfg.train_size, "val_size": cfg.val_size,
-                            "seed": cfg.seed, "quiet": True, "run_name": tiny,
-                            "out_dir": str(runs)})
+        argv = ["--preset", "tiny", "--model", tiny, "--seed", str(cfg.seed), "--quiet",
+                "--run", tiny, "--out_dir", str(runs)]
         if cfg.smoke:
-            run_cfg = dataclasses.replace(run_cfg, train_size=64, val_size=32, batch_size=16,
-                                          max_steps=2)
-        s = train(run_cfg)
-        dropped = s["dropped_last"]
+            argv += ["--train_size", "64", "--val_size", "32", "--batch_size", "16",
+                     "--steps", "2", "--warmup_steps", "0"]
+        else:
+            argv += ["--epochs", str(cfg.epochs), "--warmup_epochs", "1",
+                     "--train_size", str(cfg.train_size), "--val_size", str(cfg.val_size)]
+        s = train_main(argv)
+        dropped = s.get("last_dropped")
         rows.append({"paper model (ImageNet-1K, 224px, 300 ep)": paper[full][1],
                      "paper #params (M)": paper[full][8], "paper top-1 (%)": paper[full][9],
                      "ours (scaled-down)": tiny, "ours #params": s["params"],
                      "ours top-1 (%)": 100 * s["val_acc"], "ours best top-1 (%)": 100 * s["best_acc"],
-                     "train steps": s["steps"], "train s": s["seconds"],
+                     "train steps": s["step"], "train s": s["seconds"],
                      "dropped assignments, last step (mean over blocks)":
-                         (sum(dropped) / len(dropped)) if dropped else "-"})
+                         dropped if dropped is not None else "-"})
         print(f"  {tiny}: top-1 {100 * s['val_acc']:.2f}% with {s['params']} params "
               f"in {s['seconds']:.0f} s", flush=True)
     return rows
 
 
+@entry_point
 def main(argv=None):
-    cfg = parse_config(ReproConfig, None, argv)
+    cfg = parse_config(ReproConfig, None, argv, default_preset=None)
     out = results_dir(RESULTS, cfg.out, cfg.smoke)
     rows, counts = param_table()
     paths = write_table(out / "imagenet_params", rows,
@@ -158,9 +163,9 @@ def main(argv=None):
                f"images, {t.img_size}x{t.img_size}, {t.num_classes} classes), {cfg.epochs:g} "
                f"epochs, batch {t.batch_size}; tiny models of width {m.norm.normalized_shape[0]}, "
                f"{len(m.blocks)} blocks, patch {m.patch_embed.patch_size}; one recipe for all "
-               f"three: LAMB lr {t.lr}, linear warmup {t.warmup_epochs:g} epoch then linear "
+               f"three: LAMB lr {t.lr}, linear warmup 1 epoch then linear "
                f"decay, wd {t.weight_decay}, mixup {t.mixup_alpha}, label smoothing "
-               f"{t.label_smoothing}, clip {t.clip_grad}, dropout {t.dropout}, RandAugment ops "
+               f"{t.label_smoothing}, clip {t.grad_clip}, dropout {t.dropout}, RandAugment ops "
                f"{t.randaug_ops}, top-{t.top_k}, cf {t.capacity_factor}, E={t.num_experts}, "
                f"aux {t.aux_weight}")
     paths += write_table(out / "scaled_down", tiny_rows,
@@ -179,4 +184,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

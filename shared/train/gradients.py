@@ -31,18 +31,28 @@ from ..parallel.topology import Group
 @dataclass
 class GradSync:
     """All-reduce the gradients of ``params`` over every group in ``groups``; ``average`` divides
-    by the product of their sizes (a mean over replicas), otherwise they are summed."""
+    by the product of their sizes (a mean over replicas), otherwise they are summed. ``scale``
+    multiplies them afterwards, also when no group has more than one rank (e.g. ``1/R`` for
+    expert shards whose gradients already sum the losses of R expert ranks through an
+    all-to-all)."""
     params: list
     groups: list = field(default_factory=list)
     average: bool = True
+    scale: float = 1.0
 
 
 @dataclass
 class NormPart:
     """``params`` whose gradients are sharded over ``group`` (sum of squares across it), or
-    replicated (``group=None``: counted once)."""
+    replicated (``group=None``: counted once).
+
+    ``replicas``: how many ranks of ``group`` hold each piece (e.g. 2.5D tensor parallelism,
+    whose ``d`` depth slices hold the same ``q²`` pieces): the sum over ``group`` is divided by
+    it, so every piece still counts once. Default 1: every rank of ``group`` holds its own piece.
+    """
     params: list
     group: Group | None = None
+    replicas: int = 1
 
 
 def _active(groups) -> list[Group]:
@@ -59,6 +69,10 @@ def sync_gradients(plan: list[GradSync]) -> None:
     for entry in plan:
         groups = _active(entry.groups)
         if not groups:
+            if entry.scale != 1.0:
+                grads = [p.grad for p in entry.params if p.grad is not None]
+                if grads:
+                    torch._foreach_mul_(grads, entry.scale)
             continue
         by_dtype = defaultdict(list)
         for p in entry.params:
@@ -72,6 +86,8 @@ def sync_gradients(plan: list[GradSync]) -> None:
                 flat = raw_all_reduce(flat, g)
             if entry.average:
                 flat = flat / math.prod(g.size for g in groups)
+            if entry.scale != 1.0:
+                flat = flat * entry.scale
             *new, seen = _unflatten_dense_tensors(flat, grads + [has])
             for p, value, any_rank in zip(params, new, seen.tolist()):
                 if any_rank == 0:
@@ -100,6 +116,8 @@ def global_grad_norm(parts: list[NormPart]) -> torch.Tensor:
             if sq is None:
                 device = part.params[0].device if part.params else torch.device("cpu")
                 sq = torch.zeros((), device=device)
+            if part.replicas != 1:
+                sq = sq / part.replicas
             prev = sharded.get(group.name)
             sharded[group.name] = (group, sq if prev is None else prev[1] + sq)
     total = local if local is not None else None

@@ -4,11 +4,37 @@ import copy
 import pytest
 import torch
 
+from widenet import reproduce
 from widenet.models import count_parameters, create_model, list_models
 
 # arXiv 2107.11817 v3 Table 1, #params in millions (the paper's values are floor(count / 1e6))
 PAPER_PARAMS_M = {"vit_b16": 87, "vit_l16": 305, "vit_moe_b": 128, "vit_moe_l": 406,
                   "widenet_b": 29, "widenet_l": 40, "widenet_h": 63}
+
+# the architectures of the brief's table (Sec. 2): width, depth, dense FFN, expert FFN, MoE blocks
+ARCH = {"vit_b16": (768, 12, 3072, 0, 0), "vit_l16": (1024, 24, 4096, 0, 0),
+        "vit_moe_b": (768, 12, 3072, 4096, 2), "vit_moe_l": (1024, 24, 4096, 4096, 4),
+        "widenet_b": (768, 12, 0, 4096, "shared"), "widenet_l": (1024, 24, 0, 4096, "shared"),
+        "widenet_h": (1280, 32, 0, 5120, "shared")}
+
+
+def expected_parameters(name: str) -> int:
+    """The parameter count written out from the architecture and the official conventions
+    (patch 16 at 224 px, 3 channels, pre-logits Dense + tanh, 1001 classes, constant zero CLS,
+    E = 4 experts with a bias-free router), independently of the model code."""
+    d, depth, ffn, expert_ffn, moe = ARCH[name]
+    E, classes, tokens = 4, 1001, (224 // 16) ** 2 + 1
+    embed = 3 * 16 * 16 * d + d + tokens * d                   # patch conv + position embedding
+    attn = 4 * (d * d + d)                                      # q, k, v, o with biases
+    norms = 2 * 2 * d                                           # two LayerNorms per block
+    dense = d * ffn + ffn + ffn * d + d
+    experts = E * d + E * (d * expert_ffn + expert_ffn + expert_ffn * d + d)   # router + experts
+    head = 2 * d + (d * d + d) + (d * classes + classes)        # final LN, pre-logits, head
+    if moe == "shared":                                         # WideNet: one attn, one MoE
+        blocks = attn + experts + depth * norms
+    else:
+        blocks = depth * (attn + norms) + (depth - moe) * dense + moe * experts
+    return embed + blocks + head
 
 
 def test_registry_lists_paper_and_tiny_models():
@@ -19,18 +45,30 @@ def test_registry_lists_paper_and_tiny_models():
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_PARAMS_M))
-def test_parameter_counts_match_paper(name):
+def test_parameter_counts_match_the_architecture_and_the_paper(name):
     with torch.device("meta"):  # no weights allocated
         model = create_model(name)
-    assert count_parameters(model) // 10**6 == PAPER_PARAMS_M[name]
+    assert count_parameters(model) == expected_parameters(name)
+    assert expected_parameters(name) // 10**6 == PAPER_PARAMS_M[name]
 
 
-def test_parameter_ratios_of_the_abstract():
-    with torch.device("meta"):
-        m = {n: count_parameters(create_model(n)) // 10**6 for n in PAPER_PARAMS_M}
-    assert f"{m['widenet_h'] / m['vit_b16']:.2f}" == "0.72"
-    assert f"{m['widenet_l'] / m['vit_b16']:.2f}" == "0.46"
-    assert f"{m['widenet_l'] / m['vit_l16']:.2f}" == "0.13"
+def test_parameter_ratio_table_against_the_abstract():
+    """reproduce's ratio table: the paper's ratios (two decimals, from the floored millions, as
+    the paper computed them) and the exact ratios of the written-out counts."""
+    counts = {n: expected_parameters(n) for n in PAPER_PARAMS_M}
+    rows = {r["comparison"]: r for r in reproduce.ratio_table(counts)}
+    cases = [("WideNet-H / ViT-B/16", "widenet_h", "vit_b16", 0.72),
+             ("WideNet-L / ViT-B/16", "widenet_l", "vit_b16", 0.46),
+             ("WideNet-L / ViT-L/16", "widenet_l", "vit_l16", 0.13)]
+    for label, num, den, paper in cases:
+        floor_ratio = (counts[num] // 10**6) / (counts[den] // 10**6)
+        assert abs(floor_ratio - paper) < 0.005, (label, floor_ratio)
+        assert rows[label]["paper ratio"] == f"{paper:.2f}x"
+        assert rows[label]["ours (floor M, as the paper)"] == f"{floor_ratio:.3f}x"
+        assert rows[label]["ours (exact counts)"] == f"{counts[num] / counts[den]:.3f}x"
+    # the abstract's "0.13x" against ViT-MoE-L does not hold (40/406): the table says so
+    odd = rows["WideNet-L / ViT-MoE-L"]
+    assert odd["ours (floor M, as the paper)"] == f"{40 / 406:.3f}x" != "0.130x"
 
 
 def test_widenet_shares_one_attention_and_one_moe_with_individual_layernorms():
@@ -62,7 +100,7 @@ def test_shared_gradient_accumulates_over_all_blocks():
     x = torch.randn(2, 3, 32, 32)
     out = net(x)
     (out.logits.square().sum() + out.aux_loss).backward()
-    shared = [net.blocks[0].attn.qkv.weight, net.blocks[0].ffn.experts.w1,
+    shared = [net.blocks[0].attn.qkv.weight, net.blocks[0].ffn.experts.w1["1"],
               net.blocks[0].ffn.router.weight]
     full = [p.grad.clone() for p in shared]
     parts = [torch.zeros_like(g) for g in full]

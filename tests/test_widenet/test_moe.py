@@ -1,5 +1,6 @@
 """MoE layer: vectorised dispatch/combine vs a token-by-token reference, capacity and drop order,
-load-balancing loss, bad arguments, and expert parallelism on 2 and 4 gloo ranks vs one process.
+load-balancing loss, bad arguments, and expert parallelism (the plan of widenet.parallel and its
+gradient plans) on 2 and 4 gloo ranks vs one process.
 
 Tolerances (fp32): the reference and the vectorised layer do the same products in a different
 order (per token vs batched matmul, one index_add vs a running sum), so results agree to a few
@@ -11,10 +12,12 @@ import pytest
 import torch
 
 from shared.parallel.dist import spawn
-from shared.parallel.topology import build_topology
+from shared.parallel.plan import apply_plan
+from shared.parallel.topology import Group, TopologyError, build_topology
+from shared.train.gradients import global_grad_norm, sync_gradients
 from widenet.models import MoE, create_model, expert_capacity, load_balance_loss
 from widenet.models.moe import assign_slots
-from widenet.parallel import apply_expert_parallel, sync_gradients
+from widenet.parallel import ShardedExperts, expert_parallel, grad_plans, parallelize
 
 TOL = dict(rtol=1e-5, atol=1e-6)
 
@@ -34,8 +37,9 @@ def reference_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
         for j in range(k):
             e = int(idx[j])
             if used[e] < C:
-                h = torch.nn.functional.gelu(tokens[t] @ ex.w1[e] + ex.b1[e])
-                y = y + p[j] * torch.nn.functional.gelu(h @ ex.w2[e] + ex.b2[e])
+                k_ = str(e)
+                h = torch.nn.functional.gelu(tokens[t] @ ex.w1[k_] + ex.b1[k_])
+                y = y + p[j] * torch.nn.functional.gelu(h @ ex.w2[k_] + ex.b2[k_])
             used[e] += 1
         rows.append(y)
     return torch.stack(rows).view_as(x)
@@ -140,10 +144,13 @@ def _ep_worker(env, num_experts, grid):
     """Compare an expert-parallel MoE layer and a tiny WideNet with serial references.
 
     Every rank builds the same full weights (seeded) and the inputs of all ranks; the serial
-    reference runs each rank's batch through the unsharded module and sums the losses. Returns
-    the largest deviations."""
+    reference runs each rank's batch through the unsharded module and sums the losses, so after
+    the gradient plans each rank's gradients must be the serial ones divided by the world size
+    (the mean over ranks), and the global gradient norm that of those. Returns the largest
+    deviations."""
     world = env.world_size
     topo = build_topology("expert", grid_size=grid)
+    expert, data = topo["expert"], topo["data"]
     errs = {}
 
     # --- the MoE layer alone: odd sizes, drops happen
@@ -157,19 +164,21 @@ def _ep_worker(env, num_experts, grid):
     sum(((y * gys[r]).sum() + 0.3 * s.aux_loss) for r, (y, s) in enumerate(outs)).backward()
 
     par = _Holder(copy.deepcopy(full))
-    apply_expert_parallel(par, topo["expert"])
+    apply_plan(par, {"moe.experts": expert_parallel(expert)})
     x = xs[env.rank].clone().requires_grad_(True)
     y, stats = par.moe(x)
     ((y * gys[env.rank]).sum() + 0.3 * stats.aux_loss).backward()
     errs["out"] = _max_err(y, outs[env.rank][0])
     errs["aux"] = abs(stats.aux_loss.item() - outs[env.rank][1].aux_loss.item())
     errs["dx"] = _max_err(x.grad, x_ref.grad[env.rank])
-    sync_gradients(par, [topo["expert"], topo["data"]], topo["data"], world)
-    n_local = num_experts // grid
-    lo = topo["expert"].rank * n_local
+    sync_gradients(grad_plans(par, expert, data)[0])
+    local = par.moe.experts
+    assert isinstance(local, ShardedExperts) and len(local.ids) == num_experts // grid
+    assert local.ids[0] == expert.rank * (num_experts // grid)
     for name in ("w1", "b1", "w2", "b2"):
-        g = getattr(par.moe.experts.local, name).grad
-        errs["d" + name] = _max_err(g, getattr(serial.experts, name).grad[lo:lo + n_local] / world)
+        for key, p in getattr(local, name).items():
+            ref = getattr(serial.experts, name)[key].grad / world
+            errs[f"d{name}.{key}"] = _max_err(p.grad, ref)
     errs["drouter"] = _max_err(par.moe.router.weight.grad, serial.router.weight.grad / world)
     errs["dropped"] = stats.dropped.item()
 
@@ -182,22 +191,23 @@ def _ep_worker(env, num_experts, grid):
     serial_net = copy.deepcopy(net)
     ref_out = [serial_net(imgs[r]) for r in range(world)]
     sum(o.logits.square().sum() + o.aux_loss for o in ref_out).backward()
-    apply_expert_parallel(net, topo["expert"])
+    parallelize(net, expert)
     out = net(imgs[env.rank])
     (out.logits.square().sum() + out.aux_loss).backward()
-    sync_gradients(net, [topo["expert"], topo["data"]], topo["data"], world)
+    syncs, norms = grad_plans(net, expert, data)
+    sync_gradients(syncs)
     errs["net_logits"] = _max_err(out.logits, ref_out[env.rank].logits)
     errs["net_aux"] = abs(out.aux_loss.item() - ref_out[env.rank].aux_loss.item())
-    ref_params = dict(serial_net.named_parameters())
+    ref_params = dict(serial_net.named_parameters())     # the shards keep the serial names
     worst = 0.0
     for name, p in net.named_parameters():
-        if ".experts.local." in name:
-            ref = ref_params[name.replace(".experts.local.", ".experts.")].grad[lo:lo + n_local]
-        else:
-            ref = ref_params[name].grad
+        ref = ref_params[name].grad
         worst = max(worst, _max_err(p.grad, ref / world) / (ref.abs().max().item() / world + 1e-3))
     errs["net_grads_rel"] = worst
+    serial_norm = torch.cat([p.grad.reshape(-1) / world for p in serial_net.parameters()]).norm()
+    errs["net_norm_rel"] = abs(global_grad_norm(norms).item() / serial_norm.item() - 1)
     errs["shared_moe_once"] = len({id(b.ffn) for b in net.blocks})
+    errs["local_experts"] = len(net.blocks[0].ffn.experts.ids)
     return errs
 
 
@@ -206,16 +216,15 @@ def test_expert_parallel_matches_single_process(world, num_experts, grid):
     results = spawn(_ep_worker, world, num_experts, grid)
     for rank, errs in enumerate(results):
         assert errs["shared_moe_once"] == 1
+        assert errs["local_experts"] == num_experts // grid
         for key, value in errs.items():
-            if key in ("dropped", "shared_moe_once"):
+            if key in ("dropped", "shared_moe_once", "local_experts"):
                 continue
             assert value < 1e-5, f"rank {rank} of {world}: {key} differs by {value}"
     assert any(e["dropped"] > 0 for e in results), "capacity should drop some tokens here"
 
 
 def test_expert_parallel_rejects_indivisible_experts():
-    from shared.parallel.topology import Group
-    from widenet.parallel import ShardedExperts
     moe = MoE(8, 8, num_experts=4)
-    with pytest.raises(ValueError, match="4 experts cannot be split evenly over 3"):
+    with pytest.raises(TopologyError, match="4 experts cannot be split evenly over 3"):
         ShardedExperts(moe.experts, Group("g", (0, 1, 2), 0))

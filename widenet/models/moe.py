@@ -16,7 +16,7 @@ the official TF code (XueFuzhao/WideNet_Code), see ../shared/papers/widenet.md:
 
 Dispatch and combine are vectorised: every (token, choice) assignment gets a flat slot index
 ``expert * C + position``; ``index_add`` scatters tokens into an ``(E, C, d)`` buffer that the
-experts process as one batched matmul, and a gather brings the results back. The experts are a
+experts process (one matmul pair per expert), and a gather brings the results back. The experts are a
 submodule (``self.experts``) that maps ``(E, C, d) -> (E, C, d)``, so expert parallelism can swap
 it for an all-to-all version from outside (``widenet.parallel``) without touching this file.
 """
@@ -49,34 +49,44 @@ def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_fact
 
 
 class Experts(nn.Module):
-    """E independent FFNs ``Dense(d->f) GELU Drop Dense(f->d) [GELU] Drop`` as batched matmuls.
+    """E independent FFNs ``Dense(d->f) GELU Drop Dense(f->d) [GELU] Drop``.
 
-    The official Keras ``mlp()`` applies a GELU after the second Dense too (``second_gelu``).
-    Weights are stored stacked: ``w1 (E, d, f)``, ``b1 (E, f)``, ``w2 (E, f, d)``, ``b2 (E, d)``;
-    Glorot-uniform per expert (Keras default), zero biases.
+    Each expert has parameters of its own, as in the official code (a list of Keras ``mlp()``
+    layers): ``w1.<e> (d, f)``, ``b1.<e> (f,)``, ``w2.<e> (f, d)``, ``b2.<e> (d,)`` for expert id
+    ``e``. A per-tensor optimizer such as LAMB therefore computes one trust ratio per expert and
+    weight, whatever ranks the experts live on, and an expert-parallel shard holds the serial
+    model's parameters under the same names. The official Keras ``mlp()`` applies a GELU after the
+    second Dense too (``second_gelu``). Glorot-uniform kernels (Keras default), zero biases.
+
+    ``ids`` (default ``range(num_experts)``) names the experts this module holds; ``forward``
+    maps ``(len(ids), C, d) -> (len(ids), C, d)``, slice ``j`` going to expert ``ids[j]``.
     """
 
     def __init__(self, num_experts: int, dim: int, hidden: int, dropout: float = 0.1,
-                 second_gelu: bool = True):
+                 second_gelu: bool = True, ids=None):
         super().__init__()
+        self.ids = list(range(num_experts) if ids is None else ids)
         self.num_experts, self.dim, self.hidden = num_experts, dim, hidden
-        self.w1 = nn.Parameter(torch.empty(num_experts, dim, hidden))
-        self.b1 = nn.Parameter(torch.zeros(num_experts, hidden))
-        self.w2 = nn.Parameter(torch.empty(num_experts, hidden, dim))
-        self.b2 = nn.Parameter(torch.zeros(num_experts, dim))
+        keys = [str(e) for e in self.ids]
+        self.w1 = nn.ParameterDict({k: nn.Parameter(torch.empty(dim, hidden)) for k in keys})
+        self.b1 = nn.ParameterDict({k: nn.Parameter(torch.zeros(hidden)) for k in keys})
+        self.w2 = nn.ParameterDict({k: nn.Parameter(torch.empty(hidden, dim)) for k in keys})
+        self.b2 = nn.ParameterDict({k: nn.Parameter(torch.zeros(dim)) for k in keys})
         self.drop = nn.Dropout(dropout)
         self.second_gelu = second_gelu
         bound = math.sqrt(6.0 / (dim + hidden))
-        nn.init.uniform_(self.w1, -bound, bound)
-        nn.init.uniform_(self.w2, -bound, bound)
+        for w in (*self.w1.values(), *self.w2.values()):
+            nn.init.uniform_(w, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (E, C, d) -> (E, C, d); expert e processes x[e]
-        h = self.drop(F.gelu(torch.baddbmm(self.b1.unsqueeze(1), x, self.w1)))  # (E, C, f)
-        y = torch.baddbmm(self.b2.unsqueeze(1), h, self.w2)                      # (E, C, d)
-        if self.second_gelu:
-            y = F.gelu(y)
-        return self.drop(y)
+        # x: (n, C, d) -> (n, C, d); slice j goes to expert ids[j]
+        out = []
+        for j, e in enumerate(self.ids):
+            k = str(e)
+            h = self.drop(F.gelu(torch.addmm(self.b1[k], x[j], self.w1[k])))   # (C, f)
+            y = torch.addmm(self.b2[k], h, self.w2[k])                           # (C, d)
+            out.append(F.gelu(y) if self.second_gelu else y)
+        return self.drop(torch.stack(out))
 
 
 class TopKRouter(nn.Module):
@@ -167,6 +177,7 @@ class MoE(nn.Module):
         token_id = torch.arange(num_tokens, device=x.device).repeat_interleave(k)[keep]  # (A,)
         buffer = tokens.new_zeros(E * C, d).index_add(0, slot, tokens[token_id])
         out = self.experts(buffer.view(E, C, d)).reshape(E * C, d)    # (E*C, d)
+        out = out.to(tokens.dtype)              # bf16 under autocast; the residual stream is not
 
         # combine: weight each expert output by its raw router probability, sum per token
         weight = top_p.reshape(-1)[keep].to(out.dtype).unsqueeze(1)  # (A, 1)
