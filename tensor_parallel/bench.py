@@ -9,26 +9,28 @@
    scaling the papers report on GPUs; they are here so that regressions show.
 
     python -m tensor_parallel.bench            # writes tensor_parallel/results/bench_*.{csv,md}
-    python -m tensor_parallel.bench --smoke    # seconds; temporary directory
+    python -m tensor_parallel.bench --smoke  # seconds; writes runs/tensor_parallel/smoke_results
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 
 from shared.bench import ResultsConfig, Timer, copy_tables_to_readme, print_rows, results_dir, time_fn, write_table
 from shared.parallel import build_topology, spawn
-from shared.train import parse_config
+from shared.train import entry_point, parse_config
 
 from .models import GPT, GPTConfig
-from .parallelize import parallelize
+from .parallel import parallelize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL = dict(layer=dict(batch=8, seq=128, hidden=256, heads=8, repeat=15),
             model=dict(batch=16, seq=64, hidden=96, heads=8, layers=2, repeat=5))
 SMOKE = dict(layer=dict(batch=2, seq=8, hidden=24, heads=4, repeat=1),
              model=dict(batch=8, seq=8, hidden=24, heads=8, layers=1, repeat=1))
+SMOKE_STEP_CASES = [(4, [("1d", 1), ("2d", 1), ("2p5d", 1)])]
 STEP_CASES = [(4, [("1d", 1), ("2d", 1), ("2p5d", 1)]),
               (8, [("1d", 1), ("2p5d", 2), ("3d", 1)])]
 
@@ -50,7 +52,8 @@ def layer_overhead(s) -> list[dict]:
     dy = torch.randn_like(x)
     variants = {"serial (nn.Linear, nn.LayerNorm)": serial.blocks[0]}
     for mode in ("1d", "2d", "2p5d", "3d"):
-        variants[f"{mode} on a grid of 1"] = parallelize(serial, build_topology(mode)).blocks[0]
+        pmodel = parallelize(copy.deepcopy(serial), build_topology(mode))
+        variants[f"{mode} on a grid of 1"] = pmodel.gpt.blocks[0]
     steps = {name: _layer_step(block, x, dy) for name, block in variants.items()}
     for run in steps.values():                                           # warm-up
         run()
@@ -92,12 +95,12 @@ def _step_worker(env, cases, s):
     return out
 
 
-def step_times(s) -> list[dict]:
+def step_times(s, cases=STEP_CASES) -> list[dict]:
     serial = time_fn(_train_step(_gpt(s), s), warmup=1, repeat=s["repeat"])["min"]
     rows = [{"mode": "serial", "processes": 1, "step ms": 1e3 * serial, "vs serial": 1.0}]
-    for world, cases in STEP_CASES:
-        per_rank = spawn(_step_worker, world, cases, s, timeout_s=600)
-        for i, (mode, depth) in enumerate(cases):
+    for world, group in cases:
+        per_rank = spawn(_step_worker, world, group, s, timeout_s=600)
+        for i, (mode, depth) in enumerate(group):
             t = max(r[i] for r in per_rank)
             name = f"{mode} (d={depth})" if mode == "2p5d" else mode
             rows.append({"mode": name, "processes": world, "step ms": 1e3 * t,
@@ -105,6 +108,7 @@ def step_times(s) -> list[dict]:
     return rows
 
 
+@entry_point
 def main(argv=None):
     args = parse_config(ResultsConfig, None, argv, default_preset=None)
     sizes = SMOKE if args.smoke else FULL
@@ -112,7 +116,7 @@ def main(argv=None):
     out = results_dir(RESULTS, args.out, args.smoke)
     lay, mod = sizes["layer"], sizes["model"]
     overhead = layer_overhead(lay)
-    steps = step_times(mod)
+    steps = step_times(mod, SMOKE_STEP_CASES if args.smoke else STEP_CASES)
     write_table(out / "bench_layer_overhead", overhead,
                 "Parallel transformer layer on a grid of one rank vs the serial layer", seed=0,
                 notes=[f"one layer, batch {lay['batch']}, seq {lay['seq']}, hidden "

@@ -2,10 +2,11 @@
 
 1. :func:`layer_collectives` lists, for one pre-LN transformer layer (LN, qkv, attention, proj,
    LN, fc1, GELU, fc2) and one training step (forward + backward), every collective a rank of
-   each mode issues, with the size ``M`` (elements of the full logical tensor) that
-   :mod:`shared.parallel.comm` counts. It follows the layer code of this package (the brief's formulas for
-   the Linears, plus the LayerNorm statistics, bias and γ/β collectives and the 2.5D depth
-   all-reduce). ``reproduce.py`` checks that the bytes ``shared.parallel.comm`` *measures* equal it.
+   each mode issues, with the size ``M`` (elements of the full logical tensor) that the comm
+   layer (``shared/parallel/comm.py``) counts. It follows the layer code of this package (the
+   brief's formulas for the Linears, plus the LayerNorm statistics, bias and γ/β collectives and
+   the 2.5D depth all-reduce). ``reproduce.py`` checks that the bytes the comm layer
+   *measures* equal it.
 
    Per Linear (k in, n out, N tokens of the global batch), elements sent per rank:
    1D 2(P−1)/P·N·n or ·N·k; 2D 3(q−1)(Nk+kn)/q²; 2.5D 3(q−1)(Nk/d+kn)/q² + 2(d−1)/d·kn/q²;

@@ -1,69 +1,100 @@
-"""Validation loss of a checkpoint, under any mode and world size.
+"""Loss of a run's checkpoint, under any mode and world size.
 
-    python -m tensor_parallel.eval                           # latest run's checkpoint, one process
-    torchrun --standalone --nproc-per-node 8 -m tensor_parallel.eval --mode 3d --ckpt runs/.../checkpoint.pt
-    make eval-tensor_parallel MODE=2d                        # one process (a grid of one)
+    python -m tensor_parallel.eval                               # the newest run, one process
+    python -m tensor_parallel.eval --run NAME_OR_PATH [--split train]
+    torchrun --standalone --nproc-per-node 8 -m tensor_parallel.eval -- --run RUN --mode 3d
+    make eval-tensor_parallel [MODE=2d] [ARGS="--run RUN"]
 
-The checkpoint is in the serial layout, so it does not matter which mode or world size wrote it.
+The run's config comes from its ``config.json``; ``--mode``, ``--depth``, ``--data``,
+``--eval_batches`` and ``--batch_size`` override it. The checkpoint is in the serial layout, so
+it does not matter which mode or world size wrote it.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
-from shared.parallel import build_topology, init_distributed, main_guard
-from shared.train import latest_run, load_checkpoint, log0, parse_config
+from shared.errors import UsageError
+from shared.train import (ConfigError, checkpoint_files, entry_point, load_checkpoint,
+                          load_config, log0, parse_config, resolve_run, runs_root, start)
 
+from .config import Config
 from .data import load_corpus
 from .models import GPT, GPTConfig
-from .parallelize import check_shapes, parallelize
-from .train import CKPT_FORMAT, Config, default_out_dir, evaluate
+from .parallel import build_grid, check_shapes, parallelize
+from .train import PAPER, check_format, evaluate_loss
 
 
 @dataclass
 class EvalConfig:
-    ckpt: str | None = None
-    """checkpoint path; default the newest runs/tensor_parallel/*/checkpoint.pt"""
-    mode: str = "1d"
-    depth: int = 1
-    data: str | None = None
-    """corpus; default: the one the checkpoint was trained on"""
+    run: str = ""
+    """run directory, or a run name under --out_dir; "" = the newest run"""
+    mode: str = ""
+    """"" = the run's mode (any mode reads any checkpoint)"""
+    depth: int = 0
+    """2.5D depth; 0 = the run's"""
+    data: str = ""
+    """corpus; "" = the one the run was trained on"""
     split: str = "val"
-    eval_batches: int | None = None
-    batch_size: int | None = None
+    eval_batches: int = 0
+    """0 = the run's"""
+    batch_size: int = 0
+    """0 = the run's"""
+    out_dir: str = ""
+    """root of the run directories; "" = <repo>/runs/tensor_parallel"""
+    device: str = "auto"
+    timeout: float = 600.0
+    threads: int = 1
+    debug: bool = False
 
 
-def evaluate_checkpoint(ecfg: EvalConfig) -> float:
-    env = init_distributed()
-    path = Path(ecfg.ckpt) if ecfg.ckpt else latest_run(default_out_dir()) / "checkpoint.pt"
-    ckpt = load_checkpoint(path)
-    if ckpt.get("format") != CKPT_FORMAT:
-        raise ValueError(f"{path} is not a tensor_parallel checkpoint (format "
-                         f"{ckpt.get('format')!r})")
-    train_cfg = Config(**{**ckpt["config"], "mode": ecfg.mode, "depth": ecfg.depth})
-    if ecfg.data is not None:
-        train_cfg.data = ecfg.data
-    if ecfg.eval_batches:
-        train_cfg.eval_batches = ecfg.eval_batches
-    if ecfg.batch_size:
-        train_cfg.batch_size = ecfg.batch_size
-    topo = build_topology(ecfg.mode, depth=ecfg.depth)
-    gcfg = GPTConfig(**ckpt["gpt_config"])
-    check_shapes(gcfg, topo, train_cfg.batch_size)
+def run_config(ecfg: EvalConfig):
+    """The run directory and its training config with the evaluation's overrides applied."""
+    if ecfg.split not in ("train", "val"):
+        raise ConfigError(f"--split {ecfg.split!r}: choose train or val")
+    for name in ("depth", "eval_batches", "batch_size"):
+        if getattr(ecfg, name) < 0:
+            raise ConfigError(f"--{name} must be >= 0 (0 = the run's); got {getattr(ecfg, name)}")
+    run_path = resolve_run(runs_root(ecfg, PAPER), ecfg.run)
+    cfg = load_config(Config, run_path / "config.json")
+    changes = {k: getattr(ecfg, k) for k in ("mode", "depth", "data", "eval_batches",
+                                             "batch_size") if getattr(ecfg, k)}
+    changes.update(device=ecfg.device, timeout=ecfg.timeout, threads=ecfg.threads, resume="")
+    cfg = dataclasses.replace(cfg, **changes)
+    cfg.validate()
+    return run_path, cfg
+
+
+def evaluate_run(ecfg: EvalConfig) -> float:
+    run_path, cfg = run_config(ecfg)
+    files = checkpoint_files(run_path)
+    if files[0].name != "checkpoint.pt":
+        raise UsageError(f"{run_path} holds per-rank checkpoint files, not the serial-layout "
+                         f"checkpoint.pt of a tensor_parallel run")
+    env = start(cfg)
+    state = load_checkpoint(files[0])
+    if state.get("paper") != PAPER:
+        raise UsageError(f"{files[0]} is a checkpoint of {state.get('paper')!r}, not of "
+                         f"{PAPER!r}; evaluate it with that paper's eval")
+    task_state = state["task"]
+    check_format(task_state)
+    gcfg = GPTConfig(**task_state["gpt_config"])
+    topo = build_grid(cfg.mode, cfg.depth)
+    check_shapes(gcfg, topo, cfg.batch_size)
     serial = GPT(gcfg)
-    serial.load_state_dict(ckpt["model"])
+    serial.load_state_dict(task_state["model"])
     pmodel = parallelize(serial, topo).to(env.device)
-    corpus = load_corpus(train_cfg.data, max_bytes=train_cfg.max_bytes)
-    loss = evaluate(pmodel, corpus, train_cfg, env.device, ecfg.split)
-    log0(f"tensor_parallel eval: {path} (step {ckpt['step']}, written by {ckpt['mode']} on "
-         f"{ckpt['world']} rank(s)) under {ecfg.mode} on {env.world_size} rank(s): "
+    corpus = load_corpus(cfg.data or None, max_bytes=cfg.max_bytes)
+    loss = evaluate_loss(pmodel, corpus, cfg, env.device, ecfg.split)
+    log0(f"{PAPER} eval: {run_path} (step {state['step']}, written by {task_state['mode']} on "
+         f"{task_state['world']} rank(s)) under {cfg.mode} on {env.world_size} rank(s): "
          f"{ecfg.split} loss {loss:.5f}")
     return loss
 
 
-@main_guard
+@entry_point
 def main(argv=None) -> float:
-    return evaluate_checkpoint(parse_config(EvalConfig, None, argv, default_preset=None))
+    return evaluate_run(parse_config(EvalConfig, None, argv, default_preset=None))
 
 
 if __name__ == "__main__":

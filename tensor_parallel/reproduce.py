@@ -2,7 +2,7 @@
 then an alpha-beta projection to the papers' GPU counts beside the papers' headline claims.
 
     python -m tensor_parallel.reproduce            # make reproduce-tensor_parallel (a few minutes)
-    python -m tensor_parallel.reproduce --smoke    # seconds; writes to a temporary directory
+    python -m tensor_parallel.reproduce --smoke  # seconds; runs/tensor_parallel/smoke_results
 
 For each mode and world size (gloo processes on this machine) one transformer layer runs a
 forward and backward pass on its shard of a global batch; per rank we record
@@ -26,15 +26,17 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from shared.bench import ResultsConfig, SavedTensorBytes, copy_tables_to_readme, print_rows, results_dir, write_table
 from shared.parallel import CommMeter, build_topology, spawn
-from shared.train import parse_config
+from shared.train import entry_point, parse_config
 
 from .cost_model import Cluster, layer_calls, layer_flops, layer_sent_bytes, step_time
 from .models import GPT, GPTConfig
-from .parallelize import batch_shards, check_shapes, parallelize
+from .parallel import batch_shards, check_shapes, parallelize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# (world size, [(mode, depth), ...]) measured in one spawn each
+# (world size, [(mode, depth[, grid size]), ...]) measured in one spawn each; a grid smaller
+# than the world runs as data-parallel replicas (the smoke run: one spawn)
+SMOKE_CASES = [(8, [("1d", 1, 4), ("2d", 1, 4), ("2p5d", 2), ("3d", 1)])]
 CASES = [(2, [("1d", 1)]),
          (4, [("1d", 1), ("2d", 1), ("2p5d", 1)]),
          (8, [("1d", 1), ("2p5d", 2), ("3d", 1)])]
@@ -71,7 +73,7 @@ def measure_block(block, x, dy) -> dict:
     with CommMeter() as comm, FlopCounterMode(display=False) as flops:
         with SavedTensorBytes(block.parameters()) as saved:
             y = block(x)
-        y.backward(dy)
+        (y * dy).sum().backward()    # = y.backward(dy) (elementwise ops are not counted)
     return {"sent_bytes": comm.sent_bytes,
             "calls": int(sum(v["calls"] for v in comm.stats.values())),
             "saved_bytes": saved.bytes,
@@ -81,31 +83,31 @@ def measure_block(block, x, dy) -> dict:
 
 def _measure_worker(env, cases, sizes):
     out = []
-    for mode, depth in cases:
-        topo = build_topology(mode, depth=depth)
+    for mode, depth, *grid in cases:
+        topo = build_topology(mode, depth=depth, grid_size=grid[0] if grid else None)
         torch.manual_seed(0)
         serial = GPT(_gpt_config(sizes))
         pmodel = parallelize(serial, topo)
         check_shapes(serial.cfg, topo, sizes["batch"])
         x, dy = _inputs(sizes)
-        shard = pmodel.plan.shard_activation
-        m = measure_block(pmodel.blocks[0], shard(x), shard(dy))
-        m.update(mode=mode, depth=depth, world=env.world_size,
+        shard = pmodel.layout.shard_activation
+        m = measure_block(pmodel.gpt.blocks[0], shard(x), shard(dy))
+        m.update(mode=mode, depth=depth, world=topo.grid_size,
                  grid=", ".join(f"{k}={v}" for k, v in topo.shape.items()),
                  shards=batch_shards(topo))
         out.append(m)
     return out
 
 
-def measure_all(sizes) -> tuple[dict, list[dict]]:
+def measure_all(sizes, cases=CASES) -> tuple[dict, list[dict]]:
     torch.manual_seed(0)
     serial = GPT(_gpt_config(sizes))
     x, dy = _inputs(sizes)
     base = measure_block(serial.blocks[0], x, dy)
     rows = []
-    for world, cases in CASES:
-        per_rank = spawn(_measure_worker, world, cases, sizes, timeout_s=600)
-        for i in range(len(cases)):
+    for world, group in cases:
+        per_rank = spawn(_measure_worker, world, group, sizes, timeout_s=600)
+        for i in range(len(group)):
             ranks = [r[i] for r in per_rank]
             row = dict(ranks[0])
             for key in ("sent_bytes", "saved_bytes", "param_bytes", "flops"):
@@ -201,11 +203,12 @@ def claims_table(proj, cm) -> list[dict]:
             for (c, v, src), o, w in zip(PAPER_CLAIMS, ours, how)]
 
 
+@entry_point
 def main(argv=None):
     args = parse_config(ResultsConfig, None, argv, default_preset=None)
     sizes = SMOKE if args.smoke else FULL
     out = results_dir(RESULTS, args.out, args.smoke)
-    base, rows = measure_all(sizes)
+    base, rows = measure_all(sizes, SMOKE_CASES if args.smoke else CASES)
     cm = comm_memory_table(sizes, base, rows)
     cluster = Cluster()
     proj = projection_table(cluster)

@@ -1,119 +1,66 @@
-"""Train the GPT language model with 1D / 2D / 2.5D / 3D tensor parallelism.
+"""Train the GPT language model with 1D / 2D / 2.5D / 3D tensor parallelism, on the shared
+training core (shared.train).
 
-    python -m tensor_parallel.train --preset tiny                          # one CPU process
+    python -m tensor_parallel.train                                  # tiny preset, one CPU process
     torchrun --standalone --nproc-per-node 4 -m tensor_parallel.train --mode 2d
     torchrun --standalone --nproc-per-node 8 -m tensor_parallel.train --mode 2p5d --depth 2
     torchrun --standalone --nproc-per-node 8 -m tensor_parallel.train --mode 3d
     make train-tensor_parallel MODE=2d NPROC=4 [DATA=/path/to/corpus] [ARGS="--steps 100"]
+    torchrun --standalone --nproc-per-node 2 -m tensor_parallel.train -- --resume RUN --mode 1d
 
-Every rank builds the same serial model from the seed (or from ``--resume``), then keeps only its
-shards (``parallelize``). All ranks of the grid read the same global batch; the model splits it.
-Checkpoints hold the *serial* state dict and the AdamW moments in the serial layout, so a run
-can resume under another mode or world size (``tensor_parallel.convert`` reads them as well).
+(Under torchrun, ``--`` ends torchrun's own options; without it torchrun reads ``--run`` as its
+``--run-path``.)
+
+Every rank builds the same serial model from the seed, then keeps only its pieces
+(``parallel.py``). All ranks of the grid read the same global batch; the model splits it. A
+checkpoint holds the serial state dict and the AdamW moments gathered to the serial layout
+(rank 0 writes one ``checkpoint.pt``), so a run resumes under another mode or world size
+(``--resume RUN --mode M``), and ``tensor_parallel.eval`` / ``tensor_parallel.convert`` read it
+under any grid.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
-from pathlib import Path
 
 import torch
 
-from shared.data.sampler import EpochSampler
-from shared.parallel import RNGStreams, build_topology, capture_rng_state, init_distributed, main_guard, restore_rng_state, seed_everything
-from shared.train import Progress, RunDir, check_finite, load_checkpoint, log0, parse_config
+from shared.data import EpochSampler
+from shared.errors import UsageError
+from shared.parallel import RNGStreams, seed_everything
+from shared.train import (ConfigError, StepOutput, Task, entry_point, fit, log0, parse_args,
+                          start)
 
 from .config import PRESETS, Config
-from .data import load_corpus, padded_vocab
-from .models import GPT, GPTConfig
-from .parallelize import (check_shapes, global_grad_norm, parallelize, serial_state_dict,
-                          set_streams, shard_like)
+from .data import CorpusError, load_corpus, padded_vocab
+from .models import GPT, GPTConfig, num_parameters
+from .parallel import (build_grid, check_shapes, parallelize, serial_state_dict, set_streams,
+                       shard_state)
 
+PAPER = "tensor_parallel"
 CKPT_FORMAT = "tensor_parallel/serial-v1"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def default_out_dir() -> Path:
-    return REPO_ROOT / "runs" / "tensor_parallel"
+def model_config(cfg: Config) -> GPTConfig:
+    return GPTConfig(vocab_size=cfg.vocab_size, seq_len=cfg.seq_len, hidden=cfg.hidden,
+                     heads=cfg.heads, layers=cfg.layers, dropout=cfg.dropout)
 
 
-def model_config(cfg: Config, vocab: int) -> GPTConfig:
-    return GPTConfig(vocab_size=vocab, seq_len=cfg.seq_len, hidden=cfg.hidden, heads=cfg.heads,
-                     layers=cfg.layers, dropout=cfg.dropout)
-
-
-def lr_at(step: int, cfg: Config) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr`` at ``steps``."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * frac)) * (cfg.lr - cfg.min_lr)
-
-
-def make_optimizer(pmodel, cfg: Config):
+def make_optimizer(pmodel, cfg: Config) -> torch.optim.AdamW:
     """AdamW; matrices (≥2-D pieces, the same set in every mode) get weight decay."""
     decay = [p for p in pmodel.parameters() if p.dim() >= 2]
     other = [p for p in pmodel.parameters() if p.dim() < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": other, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
-
-
-def optimizer_state_serial(pmodel, opt) -> dict:
-    """AdamW moments in the serial layout (collective)."""
-    if not opt.state:
-        return {}
-    moments = {}
-    for key in ("exp_avg", "exp_avg_sq"):
-        moments[key] = serial_state_dict(pmodel, pick=lambda p, k=key: opt.state[p][k])
-    moments["step"] = float(next(iter(opt.state.values()))["step"])
-    return moments
-
-
-def load_optimizer_state(pmodel, opt, moments: dict) -> None:
-    if not moments:
-        return
-    pieces = {k: shard_like(pmodel, moments[k]) for k in ("exp_avg", "exp_avg_sq")}
-    for i, p in enumerate(pmodel.parameters()):
-        opt.state[p] = {"step": torch.tensor(moments["step"]),
-                        "exp_avg": pieces["exp_avg"][i].clone().to(p.device),
-                        "exp_avg_sq": pieces["exp_avg_sq"][i].clone().to(p.device)}
-
-
-def build(cfg: Config, env):
-    """Topology, corpus, parallel model and (resumed) state for a run. Fails before any work on
-    an impossible world size or shape."""
-    topo = build_topology(cfg.mode, depth=cfg.depth)
-    ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
-    if ckpt is not None and ckpt.get("format") != CKPT_FORMAT:
-        raise ValueError(f"{cfg.resume} is not a tensor_parallel training checkpoint "
-                         f"(format {ckpt.get('format')!r}, expected {CKPT_FORMAT!r})")
-    corpus = load_corpus(cfg.data, max_bytes=cfg.max_bytes)
-    if ckpt is not None:
-        gcfg = GPTConfig(**ckpt["gpt_config"])
-        if gcfg.vocab_size < corpus.vocab_size:
-            raise ValueError(f"the checkpoint's vocabulary ({gcfg.vocab_size}) is smaller than "
-                             f"the corpus's ({corpus.vocab_size}); resume with the same data")
-    else:
-        gcfg = model_config(cfg, padded_vocab(corpus.vocab_size, cfg.vocab_multiple, topo))
-    check_shapes(gcfg, topo, cfg.batch_size)
-    seed_everything(cfg.seed)
-    serial = GPT(gcfg)
-    if ckpt is not None:
-        serial.load_state_dict(ckpt["model"])
-    pmodel = parallelize(serial, topo).to(env.device)
-    del serial
-    return topo, corpus, gcfg, pmodel, ckpt
+                              {"params": other, "weight_decay": 0.0}], lr=cfg.lr,
+                             betas=(0.9, 0.95))
 
 
 @torch.no_grad()
-def evaluate(pmodel, corpus, cfg: Config, device, split: str = "val") -> float:
+def evaluate_loss(pmodel, corpus, cfg: Config, device, split: str = "val") -> float:
     """Mean loss over ``eval_batches`` fixed, evenly spaced windows of ``split``."""
     was = pmodel.training
     pmodel.eval()
     n = corpus.num_windows(split, cfg.seq_len)
-    total = cfg.eval_batches * cfg.batch_size
-    starts = torch.linspace(0, n - 1, total).long()
+    starts = torch.linspace(0, n - 1, cfg.eval_batches * cfg.batch_size).long()
     losses = []
     for chunk in starts.split(cfg.batch_size):
         x, y = corpus.lm_batch(split, chunk, cfg.seq_len)
@@ -122,80 +69,123 @@ def evaluate(pmodel, corpus, cfg: Config, device, split: str = "val") -> float:
     return sum(losses) / len(losses)
 
 
-def train(cfg: Config) -> dict:
-    env = init_distributed()
-    if cfg.threads > 0 and env.device.type == "cpu":
-        torch.set_num_threads(cfg.threads)
-    topo, corpus, gcfg, pmodel, ckpt = build(cfg, env)
-    opt = make_optimizer(pmodel, cfg)
-    sampler = EpochSampler(corpus.num_windows("train", cfg.seq_len), cfg.batch_size, cfg.seed)
-    step = 0
-    if ckpt is not None:
-        load_optimizer_state(pmodel, opt, ckpt["optim"])
-        sampler.load_state_dict(ckpt["sampler"])
-        step = ckpt["step"]
-        restore_rng_state(ckpt["rng"])
-    run = RunDir(cfg.out_dir or default_out_dir(), cfg, name=cfg.run_name)
-    shape = ", ".join(f"{k}={v}" for k, v in topo.shape.items()) or "serial"
-    log0(f"tensor_parallel: mode {cfg.mode} ({shape}) on {env.world_size} rank(s), "
-         f"{sum(p.numel() for p in GPT(gcfg).parameters()) / 1e6:.2f}M parameters, "
-         f"corpus: {corpus.source}, run dir {run.path}")
+def load_data(cfg: Config, topo):
+    """The corpus, and the model vocabulary it needs (``cfg.vocab_size`` filled in when 0)."""
+    corpus = load_corpus(cfg.data or None, max_bytes=cfg.max_bytes)
+    if not cfg.vocab_size:
+        cfg.vocab_size = padded_vocab(corpus.vocab_size, cfg.vocab_multiple, topo)
+    elif cfg.vocab_size < corpus.vocab_size:
+        raise ConfigError(f"--vocab_size {cfg.vocab_size} is smaller than the corpus's "
+                          f"vocabulary ({corpus.vocab_size}); use 0 (the corpus's, padded)")
+    for split, need in (("train", cfg.batch_size), ("val", 1)):
+        n = corpus.num_windows(split, cfg.seq_len)
+        if n < need:
+            raise CorpusError(f"the {split} split of {corpus.source} has {n} windows of "
+                              f"--seq_len {cfg.seq_len} + 1 tokens, fewer than the {need} it "
+                              f"needs; use more data or a smaller --seq_len"
+                              + (" or --batch_size" if split == "train" else ""))
+    return corpus
 
-    def checkpoint():
-        state = {"format": CKPT_FORMAT, "gpt_config": dataclasses.asdict(gcfg),
-                 "model": serial_state_dict(pmodel), "optim": optimizer_state_serial(pmodel, opt),
-                 "step": step, "sampler": sampler.state_dict(), "config": dataclasses.asdict(cfg),
-                 "rng": capture_rng_state(), "mode": cfg.mode, "world": env.world_size}
-        run.save(state)
 
-    first_val = evaluate(pmodel, corpus, cfg, env.device) if step == 0 else None
-    if first_val is not None:
-        run.log(0, val_loss=first_val)
-    bar = Progress(cfg.steps, desc=f"train {cfg.mode}", unit_name="tok", initial=step)
-    start = time.perf_counter()
-    val = first_val
-    pmodel.train()
-    last = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
-    while step < last:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+class LMTask(Task):
+    """The tensor-parallel GPT on the core: one global batch per step, read by every rank."""
+    paper = PAPER
+    unit = "tok"
+
+    def __init__(self, cfg: Config, env):
+        self.cfg, self.env = cfg, env
+        self.topo = build_grid(cfg.mode, cfg.depth)
+        self.corpus = load_data(cfg, self.topo)
+        self.gcfg = model_config(cfg)
+        check_shapes(self.gcfg, self.topo, cfg.batch_size)
+        seed_everything(cfg.seed)
+        self.model = parallelize(GPT(self.gcfg), self.topo).to(env.device)
+        self.optimizer = make_optimizer(self.model, cfg)
+
+    def describe(self) -> str:
+        shape = ", ".join(f"{k}={v}" for k, v in self.topo.shape.items())
+        n = num_parameters(self.gcfg)
+        return (f"{PAPER}: grid {shape}, {n / 1e6:.2f}M parameters (serial), corpus: "
+                f"{self.corpus.source}")
+
+    # ---- data and step
+    def batches(self, start_step: int):
+        sampler = EpochSampler(self.corpus.num_windows("train", self.cfg.seq_len),
+                               self.cfg.batch_size, seed=self.cfg.seed).seek(start_step)
+        for idx in sampler:
+            yield self.corpus.lm_batch("train", idx, self.cfg.seq_len)
+
+    def step(self, batch, step: int) -> StepOutput:
+        cfg, device = self.cfg, self.env.device
         # dropout streams re-seeded from (seed, step): a resumed run draws the same masks
-        set_streams(pmodel, RNGStreams(cfg.seed + 7919 * step, topo.grid_rank, topo.coords["data"]))
-        x, y = corpus.lm_batch("train", next(sampler), cfg.seq_len)
-        _, loss = pmodel(x.to(env.device), y.to(env.device))
-        check_finite(loss.item(), step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = global_grad_norm(pmodel)
-        if cfg.grad_clip > 0 and norm.item() > cfg.grad_clip:
-            for p in pmodel.parameters():
-                p.grad.mul_(cfg.grad_clip / (norm.item() + 1e-6))
-        opt.step()
-        step += 1
-        bar.update(items=cfg.batch_size * cfg.seq_len, loss=loss.item())
-        metrics = {"train_loss": loss.item(), "lr": lr_at(step - 1, cfg), "grad_norm": norm.item()}
-        if step % cfg.eval_every == 0 or step == last:
-            val = evaluate(pmodel, corpus, cfg, env.device)
-            metrics["val_loss"] = val
-            log0(f"\nstep {step}: val loss {val:.4f}")
-        run.log(step, **metrics)
-        if step % cfg.ckpt_every == 0 or step == last:
-            checkpoint()
-    bar.close()
-    if val is None:
-        val = evaluate(pmodel, corpus, cfg, env.device)
-    run.plot()
-    elapsed = time.perf_counter() - start
-    log0(f"tensor_parallel: done, mode {cfg.mode} on {env.world_size} rank(s): val loss "
-         f"{val:.4f}" + (f" (initial {first_val:.4f})" if first_val is not None else "")
-         + f", {step} steps, {elapsed:.1f} s, run dir {run.path}")
-    return {"val_loss": val, "initial_val_loss": first_val, "steps": step,
-            "run_dir": str(run.path), "seconds": elapsed}
+        set_streams(self.model, RNGStreams(cfg.seed + 7919 * step, self.topo.grid_rank,
+                                           self.topo.coords["data"]))
+        x, y = batch
+        _, loss = self.model(x.to(device), y.to(device))
+        return StepOutput(loss, {"loss": loss.detach()}, items=cfg.batch_size * cfg.seq_len)
+
+    def grad_plans(self):
+        # no data parallelism yet: nothing to all-reduce; the layers already reduce what the
+        # grid needs (e.g. the 2.5D depth all-reduce). Clipping uses the serial model's norm.
+        return [], self.model.grad_norm_parts()
+
+    def evaluate(self) -> dict:
+        return {"val_loss": evaluate_loss(self.model, self.corpus, self.cfg, self.env.device)}
+
+    # ---- checkpoints in the serial layout (collective; rank 0 writes)
+    def state_dict(self) -> dict:
+        opt = self.optimizer
+        moments = {}
+        if opt.state:
+            for key in ("exp_avg", "exp_avg_sq"):
+                moments[key] = serial_state_dict(self.model, pick=lambda p, k=key: opt.state[p][k])
+            moments["step"] = float(next(iter(opt.state.values()))["step"])
+        return {"format": CKPT_FORMAT, "gpt_config": dataclasses.asdict(self.gcfg),
+                "model": serial_state_dict(self.model), "optim": moments,
+                "mode": self.cfg.mode, "world": self.topo.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        check_format(state)
+        if GPTConfig(**state["gpt_config"]) != self.gcfg:
+            raise UsageError(f"the checkpoint's model {state['gpt_config']} differs from this "
+                             f"run's {dataclasses.asdict(self.gcfg)}; resume without changing "
+                             f"the model's sizes")
+        local = shard_state(self.model, state["model"])
+        self.model.gpt.load_state_dict(local)
+        moments = state["optim"]
+        if not moments:
+            return
+        pieces = {k: shard_state(self.model, moments[k]) for k in ("exp_avg", "exp_avg_sq")}
+        for name, p in self.model.gpt.named_parameters():
+            self.optimizer.state[p] = {
+                "step": torch.tensor(moments["step"]),
+                "exp_avg": pieces["exp_avg"][name].clone().to(p.device),
+                "exp_avg_sq": pieces["exp_avg_sq"][name].clone().to(p.device)}
 
 
-@main_guard
+def check_format(state: dict) -> None:
+    """A training checkpoint's task state of this paper, or one clear error."""
+    if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise UsageError(f"not a tensor_parallel training checkpoint (format {found!r}, "
+                         f"expected {CKPT_FORMAT!r}); give the run directory of a "
+                         f"tensor_parallel.train run")
+
+
+@entry_point
 def main(argv=None) -> dict:
-    return train(parse_config(Config, PRESETS, argv))
+    cfg = parse_args(Config, PRESETS, argv, paper=PAPER)
+    env = start(cfg)
+    task = LMTask(cfg, env)
+    initial = None if cfg.resume else task.evaluate()["val_loss"]
+    summary = fit(cfg, task)
+    summary["initial_val_loss"] = initial
+    val = summary.get("val_loss")
+    log0(f"{PAPER}: mode {cfg.mode} on {env.world_size} rank(s), step {summary['step']}/"
+         f"{cfg.steps}: val loss " + (f"{val:.4f}" if val is not None else "(at the end)")
+         + (f" (initial {initial:.4f})" if initial is not None else "")
+         + f", {summary['seconds']:.1f} s, run {summary['run_dir']}")
+    return summary
 
 
 if __name__ == "__main__":

@@ -244,7 +244,9 @@ def _context():
         method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         _CTX = mp.get_context(method)
         if method == "forkserver":
-            _CTX.set_forkserver_preload(["torch", "torch.distributed", "torch._dynamo", "shared.parallel"])
+            _CTX.set_forkserver_preload(["torch", "torch.distributed", "torch._dynamo",
+                                        "timm.scheduler",
+                                        "shared.parallel"])
     return _CTX
 
 

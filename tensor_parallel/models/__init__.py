@@ -1,4 +1,4 @@
-"""Serial (single-device) models; parallelism is applied from outside (tensor_parallel.parallelize)."""
-from .gpt import GPT, GPTConfig
+"""Serial (single-device) models; parallelism is applied from outside (tensor_parallel.parallel)."""
+from .gpt import GPT, GPTConfig, num_parameters
 
-__all__ = ["GPT", "GPTConfig"]
+__all__ = ["GPT", "GPTConfig", "num_parameters"]

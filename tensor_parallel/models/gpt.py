@@ -2,8 +2,8 @@
 
 After nanoGPT (Karpathy) and GPT-2 (Radford et al. 2019): token + learned position embedding,
 ``layers`` pre-LN blocks (causal self-attention, then a GELU MLP of width ``4h``), a final
-LayerNorm and an untied LM head. No torch.distributed here: ``tensor_parallel.parallelize``
-builds the 1D/2D/2.5D/3D versions from this model's weights.
+LayerNorm and an untied LM head. Single-device code: ``tensor_parallel.parallel`` builds the
+1D/2D/2.5D/3D versions from this model's weights, from the outside.
 
 Layout detail that the parallel modes rely on: the fused QKV projection's output is ordered
 per head, ``[heads, 3, head_dim]`` (q, k, v of head 0, then of head 1, ...), so any contiguous
@@ -26,6 +26,13 @@ class GPTConfig:
     heads: int = 6
     layers: int = 2
     dropout: float = 0.0
+
+
+def num_parameters(cfg: GPTConfig) -> int:
+    """Parameters of ``GPT(cfg)``, without building it."""
+    h = cfg.hidden
+    block = 2 * 2 * h + (3 * h * h + 3 * h) + (h * h + h) + (4 * h * h + 4 * h) + (4 * h * h + h)
+    return 2 * cfg.vocab_size * h + cfg.seq_len * h + cfg.layers * block + 2 * h
 
 
 def attention_core(qkv: torch.Tensor, heads: int, dropout: float, training: bool) -> torch.Tensor:

@@ -1,10 +1,15 @@
 """Every parallel mode against the serial GPT built from the same full weights.
 
-For each world size one spawn checks, on every rank:
+For each mode one spawned grid checks, on every rank:
   * one transformer block (LayerNorms, the four Linears, attention): output piece and input
     gradient piece against the serial block, and every parameter gradient after gathering;
   * the whole model (embeddings, blocks, LM head, vocab-parallel loss): loss, this rank's logits
-    piece, the gathered weights (== serial state dict) and every gathered parameter gradient.
+    piece, the gathered weights (== serial state dict) and every gathered parameter gradient;
+    cutting the serial state dict into this rank's pieces (``shard_state``, what a resume under
+    another mode does) gives back exactly the rank's parameters;
+  * clipping: the global gradient norm that the training core computes from the model's
+    ``grad_norm_parts`` equals ``torch.nn.utils.clip_grad_norm_`` of the serial model, and the
+    clipped gradients, gathered, equal the serial clipped gradients.
 
 Tolerance: float32, 1e-5 relative to the largest magnitude of the reference tensor. The parallel
 code evaluates the same sums split into partial sums (SUMMA steps, reduce-scatters, all-reduces),
@@ -13,16 +18,23 @@ hundred terms here. LayerNorm uses E[x²]−E[x]² (one all-reduce), which loses
 when |mean| ≫ std; the inputs here have |mean| ≲ std.
 
 Sizes: hidden 24, heads 12 (head_dim 2), vocab 36, seq 5, batch 12; not powers of two and
-divisible by every grid below (1d p=2,3,4; 2d q=2; 2.5d q=2 d=1,2; 3d q=2); the odd 2D grid
-q=3 (9 ranks) uses hidden 36, heads 6.
+divisible by every grid below (1d p=3,4; 2d q=2; 2.5d q=2 d=2; 3d q=2); the odd 2D grid q=3
+(9 ranks) uses hidden 36, heads 6. Three spawns (4, 8 and 9 ranks) hold every case: a grid
+smaller than the world (1d p=3 on 9 ranks, p=2 for the dropout check on 4) runs as
+data-parallel replicas of it. (2.5D with d=1 is 2D with another batch group; test_train.py
+evaluates a checkpoint under it.)
 """
+import copy
+
 import pytest
 import torch
 
-from shared.parallel import build_topology, spawn
-from tensor_parallel.models import GPT, GPTConfig
-from tensor_parallel.parallelize import (parallelize, serial_state_dict,
-                                         check_shapes)
+from shared.parallel import RNGStreams, build_topology, spawn
+from shared.parallel.topology import TopologyError
+from shared.train.gradients import clip_gradients
+from tensor_parallel.models import GPT, GPTConfig, num_parameters
+from tensor_parallel.parallel import (build_grid, check_shapes, parallelize, serial_state_dict,
+                                      set_streams, shard_state)
 
 TOL = 1e-5
 CFG = GPTConfig(vocab_size=36, seq_len=5, hidden=24, heads=12, layers=2, dropout=0.0)
@@ -47,11 +59,17 @@ def _serial_model(cfg=CFG):
     return model
 
 
-def _check_mode(env, mode, depth, cfg=CFG):
-    topo = build_topology(mode, depth=depth)
+def _grads(pmodel):
+    """Gathered gradients (zeros where a parameter has none)."""
+    return serial_state_dict(pmodel, pick=lambda p: p.grad if p.grad is not None
+                             else torch.zeros_like(p))
+
+
+def _check_mode(env, mode, depth, grid=None, cfg=CFG):
+    topo = build_topology(mode, depth=depth, grid_size=grid)
     serial = _serial_model(cfg)
-    pmodel = parallelize(serial, topo)
-    plan = pmodel.plan
+    pmodel = parallelize(copy.deepcopy(serial), topo)
+    layout = pmodel.layout
     torch.manual_seed(1)
     idx = torch.randint(0, cfg.vocab_size, (BATCH, cfg.seq_len))
     targets = torch.randint(0, cfg.vocab_size, (BATCH, cfg.seq_len))
@@ -62,19 +80,15 @@ def _check_mode(env, mode, depth, cfg=CFG):
     dy = torch.randn_like(x)
     xs = x.clone().requires_grad_()
     ys = block(xs)
-    ys.backward(dy)
-    pblock = pmodel.blocks[0]
-    xp = plan.shard_activation(x).clone().requires_grad_()
-    yp = pblock(xp)
-    _assert_close(f"{mode} block output", yp, plan.shard_activation(ys.detach()))
-    yp.backward(plan.shard_activation(dy))
-    _assert_close(f"{mode} block dX", xp.grad, plan.shard_activation(xs.grad))
-    names = {"ln1": block.ln1, "qkv": block.attn.qkv, "proj": block.attn.proj,
-             "ln2": block.ln2, "fc1": block.mlp.fc1, "fc2": block.mlp.fc2}
-    for local, ref in names.items():
-        got = getattr(pblock, local).serial_state(lambda p: p.grad)
-        for pname, g in got.items():
-            _assert_close(f"{mode} block {local}.{pname} grad", g, getattr(ref, pname).grad)
+    (ys * dy).sum().backward()       # = ys.backward(dy), without torch's lazy sympy import
+    xp = layout.shard_activation(x).clone().requires_grad_()
+    yp = pmodel.gpt.blocks[0](xp)
+    _assert_close(f"{mode} block output", yp, layout.shard_activation(ys.detach()))
+    (yp * layout.shard_activation(dy)).sum().backward()
+    _assert_close(f"{mode} block dX", xp.grad, layout.shard_activation(xs.grad))
+    got = _grads(pmodel)
+    for name, p in block.named_parameters():
+        _assert_close(f"{mode} block {name} grad", got[f"blocks.0.{name}"], p.grad)
     serial.zero_grad()
     pmodel.zero_grad()
 
@@ -83,8 +97,8 @@ def _check_mode(env, mode, depth, cfg=CFG):
     loss_s.backward()
     logits_p, loss_p = pmodel(idx, targets)
     _assert_close(f"{mode} loss", loss_p.detach(), loss_s.detach())
-    rows = pmodel.local_targets(torch.arange(BATCH))
-    vg = plan.vocab_group
+    rows = layout.split_targets(torch.arange(BATCH))
+    vg = layout.vocab_group
     v = cfg.vocab_size // vg.size
     want = logits_s.detach()[rows][..., vg.rank * v:(vg.rank + 1) * v]
     _assert_close(f"{mode} logits", logits_p.detach(), want)
@@ -96,43 +110,80 @@ def _check_mode(env, mode, depth, cfg=CFG):
     for name, p in serial.named_parameters():
         _assert_close(f"{mode} value {name}", values[name], p.detach(), tol=0.0)
         _assert_close(f"{mode} grad {name}", grads[name], p.grad)
+    pieces = shard_state(pmodel, sd)                         # and back: this rank's pieces
+    local = pmodel.gpt.state_dict()
+    assert set(pieces) == set(local)
+    assert all(torch.equal(pieces[k], local[k]) for k in local), f"{mode}: shard_state differs"
+
+    # --- clipping by the global norm -------------------------------------------------------
+    parts = pmodel.grad_norm_parts()
+    listed = [p for part in parts for p in part.params]
+    assert len(listed) == len(set(map(id, listed))) == len(list(pmodel.parameters()))
+    full = torch.nn.utils.get_total_norm([p.grad for p in serial.parameters()])
+    max_norm = 0.3 * full.item()                             # clipping active
+    want_norm = torch.nn.utils.clip_grad_norm_(serial.parameters(), max_norm)
+    norm = clip_gradients(parts, max_norm)
+    _assert_close(f"{mode} grad norm", norm.reshape(()), want_norm.reshape(()))
+    clipped = serial_state_dict(pmodel, grad=True)
+    for name, p in serial.named_parameters():
+        _assert_close(f"{mode} clipped grad {name}", clipped[name], p.grad)
     return loss_p.item()
 
 
-def _check_world(env, cases):
-    return [_check_mode(env, *case) for case in cases]
+def _dropout_check(env):
+    """1D (p=2) with dropout: the residual stream's masks come from the replicated stream, so
+    the block output stays identical on every rank; attention dropout uses the sharded one."""
+    cfg = GPTConfig(vocab_size=36, seq_len=5, hidden=24, heads=12, layers=1, dropout=0.3)
+    topo = build_topology("1d", grid_size=2)
+    pmodel = parallelize(_serial_model(cfg), topo)
+    set_streams(pmodel, RNGStreams(5, topo.grid_rank))
+    x = torch.randn(4, cfg.seq_len, cfg.hidden, generator=torch.Generator().manual_seed(0))
+    block = pmodel.gpt.blocks[0]
+    block.train()
+    y_train = block(x).detach()
+    block.eval()
+    return y_train, block(x).detach()
 
 
-@pytest.mark.parametrize("world, cases", [
-    (2, [("1d", 1)]),
-    (3, [("1d", 1)]),
-    (4, [("1d", 1), ("2d", 1), ("2p5d", 1)]),
-    (8, [("2p5d", 2), ("3d", 1)]),
-    (9, [("2d", 1, CFG_Q3)]),
+def _check_world(env, cases, dropout=False):
+    losses = [_check_mode(env, *case) for case in cases]
+    return losses, (_dropout_check(env) if dropout else None)
+
+
+@pytest.mark.parametrize("world, cases, dropout", [
+    (4, [("1d", 1), ("2d", 1)], True),
+    (8, [("2p5d", 2), ("3d", 1)], False),
+    (9, [("2d", 1, None, CFG_Q3), ("1d", 1, 3)], False),
 ])
-def test_parallel_matches_serial(world, cases):
-    losses = spawn(_check_world, world, cases, timeout_s=240)
-    for per_rank in zip(*losses):   # the loss is the same scalar on every rank
+def test_parallel_matches_serial(world, cases, dropout):
+    results = spawn(_check_world, world, cases, dropout, timeout_s=240)
+    for per_rank in zip(*(losses for losses, _ in results)):  # the loss is the same everywhere
         assert max(per_rank) - min(per_rank) <= 1e-6 * abs(per_rank[0])
+    if dropout:
+        (a_train, a_eval), (b_train, b_eval) = results[0][1], results[1][1]
+        assert not torch.equal(a_train, a_eval), "dropout had no effect"
+        assert torch.equal(a_train, b_train)
+        assert torch.equal(a_eval, b_eval)
 
 
 def test_serial_model_runs_alone():
     """A grid of one (no process group) reproduces the serial model exactly."""
     serial = _serial_model()
+    assert num_parameters(CFG) == sum(p.numel() for p in serial.parameters())
     idx = torch.randint(0, CFG.vocab_size, (4, CFG.seq_len))
+    _, ls = serial(idx, idx)
     for mode in ("1d", "2d", "2p5d", "3d"):
-        pmodel = parallelize(serial, build_topology(mode))
+        pmodel = parallelize(copy.deepcopy(serial), build_topology(mode))
         _, lp = pmodel(idx, idx)
-        _, ls = serial(idx, idx)
         _assert_close(f"{mode} single", lp.detach(), ls.detach())
 
 
 @pytest.mark.parametrize("mode, world, depth, cfg, batch, match", [
-    ("2d", 4, 1, GPTConfig(hidden=30, heads=6), 4, "hidden=30 must be divisible by 4"),
-    ("2d", 4, 1, GPTConfig(hidden=24, heads=3), 4, "heads=3 must be divisible by 2"),
-    ("2p5d", 8, 2, GPTConfig(hidden=24, heads=4), 6, "batch_size=6 must be divisible by 4"),
-    ("3d", 8, 1, GPTConfig(hidden=24, heads=4), 6, "batch_size=6 must be divisible by 4"),
-    ("1d", 4, 1, GPTConfig(hidden=24, heads=6), 4, "heads=6 must be divisible by 4"),
+    ("2d", 4, 1, GPTConfig(hidden=30, heads=6), 4, "--hidden 30 must be a multiple of 4"),
+    ("2d", 4, 1, GPTConfig(hidden=24, heads=3), 4, "--heads 3 must be a multiple of 2"),
+    ("2p5d", 8, 2, GPTConfig(hidden=24, heads=4), 6, "--batch_size 6 must be a multiple of 4"),
+    ("3d", 8, 1, GPTConfig(hidden=24, heads=4), 6, "--batch_size 6 must be a multiple of 4"),
+    ("1d", 4, 1, GPTConfig(hidden=24, heads=6), 4, "--heads 6 must be a multiple of 4"),
 ])
 def test_bad_shapes_fail_before_work(mode, world, depth, cfg, batch, match):
     topo = build_topology(mode, world_size=world, rank=0, depth=depth)
@@ -142,35 +193,12 @@ def test_bad_shapes_fail_before_work(mode, world, depth, cfg, batch, match):
 
 @pytest.mark.parametrize("mode, world, depth, match", [
     ("2d", 8, 1, "square number of ranks; got 8"),
-    ("2p5d", 8, 3, "depth d dividing them"),
-    ("2p5d", 12, 2, "q²·d ranks"),
+    ("2p5d", 8, 3, "for 8 ranks use --depth 2 \\(q=2\\)"),
+    ("2p5d", 8, 1, "for 8 ranks use --depth 2 \\(q=2\\)"),
+    ("2p5d", 12, 2, "for 12 ranks use --depth 3 \\(q=2\\)"),
+    ("2p5d", 6, 1, "for 6 ranks use --depth 6 \\(q=1: no tensor split\\)"),
     ("3d", 4, 1, "cube number of ranks; got 4"),
 ])
 def test_bad_world_sizes(mode, world, depth, match):
-    with pytest.raises(ValueError, match=match):
-        build_topology(mode, world_size=world, rank=0, depth=depth)
-
-
-def _dropout_worker(env):
-    from shared.parallel import RNGStreams
-    from tensor_parallel.parallelize import set_streams
-    cfg = GPTConfig(vocab_size=36, seq_len=5, hidden=24, heads=12, layers=1, dropout=0.3)
-    topo = build_topology("1d")
-    pmodel = parallelize(_serial_model(cfg), topo)
-    set_streams(pmodel, RNGStreams(5, topo.grid_rank))
-    idx = torch.randint(0, cfg.vocab_size, (4, cfg.seq_len), generator=torch.Generator().manual_seed(0))
-    pmodel.train()
-    x_train = pmodel.blocks[0](pmodel.embed(idx)).detach()
-    pmodel.eval()
-    x_eval = pmodel.blocks[0](pmodel.embed(idx)).detach()
-    return x_train, x_eval
-
-
-def test_1d_dropout_keeps_replicated_activations_identical():
-    """1D residual-stream dropout uses the replicated stream (same mask on every rank) while
-    attention dropout on the rank's own heads uses the sharded stream; the replicated residual
-    stream therefore stays identical on all ranks."""
-    (a_train, a_eval), (b_train, b_eval) = spawn(_dropout_worker, 2)
-    assert not torch.equal(a_train, a_eval), "dropout had no effect"
-    assert torch.equal(a_train, b_train)
-    assert torch.equal(a_eval, b_eval)
+    with pytest.raises(TopologyError, match=match):
+        build_grid(mode, depth, world_size=world, rank=0)

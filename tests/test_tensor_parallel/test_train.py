@@ -1,82 +1,142 @@
-"""Training, checkpoints in the serial layout, resume and evaluation across modes/world sizes.
+"""Training on the shared core: learning, serial-layout checkpoints that resume and evaluate under
+any mode and world size, exact resume, run names, and one-line errors for bad command lines.
 
 Cross-mode comparisons use 1e-4 relative for losses after optimizer steps (AdamW divides by
 sqrt(v) + eps, which amplifies summation-order differences of ~1e-7 in tiny gradients) and 1e-5
 for a plain evaluation of the same weights (no optimizer in between).
 """
+import json
+
 import pytest
 import torch
 
-from shared.parallel import SpawnError, spawn
-from shared.train import parse_config
-from shared.data.text_corpus import CorpusError
+from shared.parallel import spawn
+from shared.train import load_checkpoint, read_metrics
 from tensor_parallel import eval as tp_eval
 from tensor_parallel import train as tp_train
-from tensor_parallel.config import PRESETS, Config
 from tensor_parallel.convert import main as convert_main
 
 
-def _argv(tmp, name, mode, *extra):
-    return ["--preset", "smoke", "--mode", mode, "--out_dir", str(tmp), "--run_name", name,
-            "--steps", "4", "--ckpt_every", "2", "--eval_every", "2", *extra]
+def _argv(tmp, *extra):
+    """The smoke preset: 6 steps, checkpoints and validation at steps 3 and 6."""
+    return ["--preset", "smoke", "--out_dir", str(tmp), "--quiet", "--device", "cpu", *extra]
 
 
-def _train_worker(env, argv):
-    return tp_train.train(parse_config(Config, PRESETS, argv))
+def _losses(run):
+    return [(r["step"], r["loss"]) for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
 
 
-def _eval_worker(env, argv):
-    return tp_eval.evaluate_checkpoint(parse_config(tp_eval.EvalConfig, None, argv,
-                                                    default_preset=None))
+def _resume_then_eval_worker(env, train_argv, eval_argv):
+    # the undecorated mains: entry_point would tear down the spawned process group
+    return tp_train.main.__wrapped__(train_argv), tp_eval.main.__wrapped__(eval_argv)
 
 
-def test_checkpoint_moves_between_modes_and_world_sizes(tmp_path):
-    full = spawn(_train_worker, 4, _argv(tmp_path, "a", "2d"))[0]
-    assert full["val_loss"] < full["initial_val_loss"], "the smoke run did not learn"
-    # the same run interrupted at step 2 under 2.5D (q=2, d=2) on 8 ranks ...
-    spawn(_train_worker, 8, _argv(tmp_path, "b", "2p5d", "--depth", "2", "--stop_at", "2"))
-    # ... and resumed under 1D on 2 ranks reaches the same loss
-    ckpt_b = tmp_path / "b" / "checkpoint.pt"
-    resumed = spawn(_train_worker, 2, _argv(tmp_path, "c", "1d", "--resume", str(ckpt_b)))[0]
-    assert resumed["steps"] == 4
-    assert abs(resumed["val_loss"] - full["val_loss"]) <= 1e-4 * full["val_loss"]
-    # the final checkpoint evaluates to the same loss in one process and under 3D on 8 ranks
-    ckpt_a = str(tmp_path / "a" / "checkpoint.pt")
-    single = tp_eval.evaluate_checkpoint(tp_eval.EvalConfig(ckpt=ckpt_a))
-    cube = spawn(_eval_worker, 8, ["--ckpt", ckpt_a, "--mode", "3d"])[0]
-    assert abs(single - full["val_loss"]) <= 1e-5 * full["val_loss"]
-    assert abs(cube - full["val_loss"]) <= 1e-5 * full["val_loss"]
+def test_checkpoint_moves_between_modes_and_world_sizes(tmp_path, capsys):
+    # one process (the serial model) for 6 steps, and the same run cut at step 3 ...
+    full = tp_train.main(_argv(tmp_path, "--run", "a"))
+    tp_train.main(_argv(tmp_path, "--run", "b", "--stop_at", "3"))
+    # ... resumed from its run directory alone under 2D on 4 ranks reaches the same losses;
+    # the same ranks then evaluate the uninterrupted run's checkpoint under 2.5D (q=2, d=1)
+    resumed, grid_eval = spawn(
+        _resume_then_eval_worker, 4,
+        ["--resume", str(tmp_path / "b"), "--mode", "2d", "--device", "cpu", "--quiet"],
+        ["--out_dir", str(tmp_path), "--run", "a", "--mode", "2p5d", "--device", "cpu"],
+        timeout_s=240)[0]
+    assert resumed["step"] == 6
+    whole, split = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert [s for s, _ in split] == [s for s, _ in whole] == list(range(1, 7))
+    assert split[:3] == whole[:3]
+    for (_, la), (_, lb) in zip(whole, split):
+        assert lb == pytest.approx(la, rel=1e-4)
+    assert resumed["val_loss"] == pytest.approx(full["val_loss"], rel=1e-4)
+    ckpt = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert ckpt["step"] == 6 and ckpt["task"]["mode"] == "2d" and ckpt["task"]["world"] == 4
+    # a checkpoint evaluates to its run's val loss under another grid, and in one process
+    assert grid_eval == pytest.approx(full["val_loss"], rel=1e-5)
+    single = tp_eval.main(["--out_dir", str(tmp_path), "--run", "b"])
+    assert single == pytest.approx(resumed["val_loss"], rel=1e-5)
     # convert: the plain serial state dict, and a shard report for another grid
-    model = convert_main(["--ckpt", ckpt_a, "--out", str(tmp_path / "gpt.pt"),
-                          "--mode", "2d", "--world", "4"])
-    x = torch.randint(0, 256, (2, 8))
-    assert torch.isfinite(model(x, x)[1])
+    capsys.readouterr()
+    model = convert_main(["--out_dir", str(tmp_path), "--run", "a", "--out",
+                          str(tmp_path / "gpt.pt"), "--mode", "2d", "--world", "4"])
+    report = capsys.readouterr().out
+    saved = load_checkpoint(tmp_path / "gpt.pt")
+    serial = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["task"]["model"]
+    assert saved["gpt_config"] == model.cfg.__dict__
+    assert set(saved["state_dict"]) == set(serial)
+    assert all(torch.equal(saved["state_dict"][k], serial[k]) for k in serial)
+    assert "blocks.0.attn.qkv.weight: (12, 36)" in report          # [k/q, n/q] of a 24x72 weight
+    line = [ln for ln in report.splitlines() if ln.startswith("parameter bytes on rank 0")][0]
+    local, total = (int(w.strip("()")) for w in line.split() if w.strip("()").isdigit())
+    assert 0 < local < total / 3                                     # about a quarter
 
 
-def test_resume_in_same_mode_is_exact(tmp_path):
-    full = tp_train.train(parse_config(Config, PRESETS, _argv(tmp_path, "a", "1d")))
-    tp_train.train(parse_config(Config, PRESETS, _argv(tmp_path, "b", "1d", "--stop_at", "2")))
-    resumed = tp_train.train(parse_config(Config, PRESETS, _argv(
-        tmp_path, "c", "1d", "--resume", str(tmp_path / "b" / "checkpoint.pt"))))
-    assert resumed["val_loss"] == full["val_loss"]
-
-
-def test_bad_data_and_shapes_fail_clearly(tmp_path):
-    with pytest.raises(CorpusError, match="no corpus at"):
-        tp_train.train(parse_config(Config, PRESETS, _argv(tmp_path, "x", "1d", "--data",
-                                                            str(tmp_path / "missing"))))
-    with pytest.raises(SpawnError, match="heads=5 must be divisible"):
-        spawn(_train_worker, 4, _argv(tmp_path, "y", "2d", "--heads", "5", "--hidden", "20"))
+def test_learning_and_exact_resume_from_the_run_alone(tmp_path):
+    """A run learns (validation loss well below the untrained model's); ``--resume RUN`` alone
+    restores the config of a run cut with ``--stop_at`` and continues to bit-identical losses."""
+    extra = ["--dropout", "0.1", "--lr", "0.004", "--steps", "8", "--eval_every", "4"]
+    whole = tp_train.main(_argv(tmp_path, "--run", "whole", *extra))
+    assert whole["val_loss"] < whole["initial_val_loss"] - 0.25, whole
+    tp_train.main(_argv(tmp_path, "--run", "split", "--stop_at", "3", *extra))
+    assert [s for s, _ in _losses(tmp_path / "split")] == [1, 2, 3]
+    resumed = tp_train.main(["--resume", str(tmp_path / "split"), "--quiet"])
+    saved = json.loads((tmp_path / "split" / "config.json").read_text())
+    assert (saved["dropout"], saved["lr"], saved["steps"], saved["preset"]) == (0.1, 0.004, 8,
+                                                                               "smoke")
+    assert resumed["step"] == 8 and resumed["initial_val_loss"] is None
+    assert _losses(tmp_path / "split") == _losses(tmp_path / "whole")      # exactly
+    assert resumed["val_loss"] == whole["val_loss"]
 
 
 def test_real_data_formats(tmp_path):
-    """A nanoGPT train.bin/val.bin directory (uint16 tokens) trains; vocabulary is padded."""
+    """A nanoGPT train.bin/val.bin directory (uint16 tokens) trains; the vocabulary (300) is
+    padded to a multiple of 64 and recorded in the run's config."""
     import numpy as np
     rng = np.random.default_rng(0)
     data = tmp_path / "corpus"
     data.mkdir()
     (rng.integers(0, 300, 5000).astype(np.uint16)).tofile(data / "train.bin")
     (rng.integers(0, 300, 800).astype(np.uint16)).tofile(data / "val.bin")
-    out = tp_train.train(parse_config(Config, PRESETS, _argv(tmp_path, "r", "1d", "--data",
-                                                               str(data), "--steps", "2")))
-    assert out["steps"] == 2
+    out = tp_train.main(_argv(tmp_path, "--run", "r", "--data", str(data), "--steps", "3"))
+    assert out["step"] == 3
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["vocab_size"] == 320
+    state = load_checkpoint(tmp_path / "r" / "checkpoint.pt")["task"]
+    assert state["model"]["head.weight"].shape == (320, 24)
+
+
+def _one_line_error(capsys, main, argv, *expected):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for text in expected:
+        assert text in err[0], err[0]
+    return err[0]
+
+
+def test_bad_command_lines_give_one_line_and_exit_2(tmp_path, capsys):
+    base = _argv(tmp_path)
+    train, ev = tp_train.main, tp_eval.main
+    _one_line_error(capsys, train, base + ["--bogus", "1"], "--bogus")
+    line = _one_line_error(capsys, train, base + ["--mode", "4d"], "4d", "1d, 2d, 2p5d, 3d")
+    assert "seq" not in line and "expert" not in line
+    _one_line_error(capsys, train, base + ["--lr", "fast"], "--lr", "float")
+    _one_line_error(capsys, train, base + ["--hidden", "30"], "--hidden 30", "--heads 4")
+    _one_line_error(capsys, train, base + ["--mode", "2p5d", "--depth", "2"],
+                    "d=2", "--depth 1")                              # 1 process: world = q²·d
+    _one_line_error(capsys, train, base + ["--data", str(tmp_path / "missing")],
+                    "no corpus at", "missing")
+    _one_line_error(capsys, train, base + ["--seq_len", "300000"], "windows", "--seq_len")
+    # a reused run name is refused; the first run is untouched
+    tp_train.main(base + ["--run", "r", "--steps", "1"])
+    before = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    _one_line_error(capsys, train, base + ["--run", "r"], "already exists", "--resume")
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
+    # eval
+    run = ["--out_dir", str(tmp_path), "--run", "r"]
+    _one_line_error(capsys, ev, run + ["--bogus"], "--bogus")
+    _one_line_error(capsys, ev, run + ["--mode", "5d"], "1d, 2d, 2p5d, 3d")
+    _one_line_error(capsys, ev, run + ["--split", "test"], "--split", "train or val")
+    _one_line_error(capsys, ev, ["--out_dir", str(tmp_path), "--run", "nope"], "no run directory")
+    _one_line_error(capsys, ev, run + ["--batch_size", "many"], "--batch_size", "int")

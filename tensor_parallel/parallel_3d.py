@@ -32,7 +32,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from shared.parallel.comm import all_gather, copy_to_group, raw_all_gather, reduce_from_group, reduce_scatter
+from shared.errors import UsageError
+from shared.parallel.comm import (all_gather, copy_to_group, raw_all_gather, reduce_from_group,
+                                  reduce_scatter)
 from shared.parallel.topology import Group
 
 
@@ -61,8 +63,8 @@ class Groups3D:
 
 def _divisible(n: int, m: int, what: str) -> int:
     if n % m:
-        raise ValueError(f"3d: {what} = {n} is not divisible by {m}; choose {what} as a multiple "
-                         f"of {m} (e.g. {n + (-n) % m}) or a smaller cube")
+        raise UsageError(f"3d: {what} = {n} is not divisible by {m}; choose {what} as a "
+                         f"multiple of {m} (e.g. {n + (-n) % m}) or a smaller cube")
     return n // m
 
 

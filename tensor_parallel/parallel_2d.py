@@ -26,8 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from shared.parallel.comm import (all_gather, copy_to_group, raw_all_gather, raw_broadcast, raw_reduce,
-                         reduce_from_group)
+from shared.errors import UsageError
+from shared.parallel.comm import (all_gather, copy_to_group, raw_all_gather, raw_broadcast,
+                                  raw_reduce, reduce_from_group)
 from shared.parallel.topology import Group
 
 
@@ -53,7 +54,7 @@ class Grid2D:
 
 def _divisible(n: int, m: int, what: str, mode: str) -> int:
     if n % m:
-        raise ValueError(f"{mode}: {what} = {n} is not divisible by {m}; choose {what} as a "
+        raise UsageError(f"{mode}: {what} = {n} is not divisible by {m}; choose {what} as a "
                          f"multiple of {m} (e.g. {n + (-n) % m}) or a smaller grid")
     return n // m
 

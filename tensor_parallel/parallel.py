@@ -1,0 +1,445 @@
+"""How the GPT is distributed: Megatron 1D, Optimus 2D, Tesseract 2.5D and 3D tensor parallelism,
+written as a plan keyed by module name and applied from outside the serial model.
+
+    topo = build_grid("2d")                        # or "1d", "2p5d" (depth=d), "3d"
+    pmodel = parallelize(GPT(cfg), topo)           # in place: every rank passes the same model
+    local_logits, loss = pmodel(idx, targets)      # idx/targets: the full global batch
+    serial_state_dict(pmodel)                      # == the serial state dict (gathered)
+
+The plan is the same for every mode (:func:`tensor_parallel_plan`)::
+
+    "tok", "pos"                     → layout.tok_embedding, layout.pos_embedding
+    "blocks.*.ln1", "blocks.*.ln2",
+    "ln_f"                           → layout.layernorm
+    "blocks.*.attn.qkv", "…mlp.fc1",
+    "head"                           → layout.colwise   (the first Linear of a pair)
+    "blocks.*.attn.proj", "…mlp.fc2" → layout.rowwise   (the second)
+    "blocks.*.attn"                  → LocalHeadsAttention (this rank's heads)
+    "*drop"                          → StreamDropout (a mask from the right RNG stream)
+
+and a mode's *layout* supplies the layers (from :mod:`shared.parallel.tp1d`,
+:mod:`tensor_parallel.parallel_2d`, :mod:`tensor_parallel.parallel_3d`), the batch split and the
+loss reduction. The serial ``GPT.forward`` then runs unchanged on the local pieces;
+:class:`ParallelGPT` only splits the batch and computes the vocabulary-parallel loss:
+
+=====  =====================================  ==================  ==========================
+mode   activation on a rank                    batch split over    loss averaged over
+=====  =====================================  ==================  ==========================
+1d     [b, s, h] replicated (heads split)      —                   —
+2d     [b/q, s, h/q]                            col (q)             col
+2p5d   [b/(dq), s, h/q]                         xz (d·q)            xz
+3d     [b/q², s, h/q]                           weight, input (q²)  output_x_weight (q²)
+=====  =====================================  ==================  ==========================
+
+The LM head is a parallel Linear whose logits stay split along the vocabulary; the loss is the
+vocabulary-parallel cross-entropy of :mod:`shared.parallel.tp1d` over the group holding the other
+vocabulary chunks of the same rows (1d: tensor; 2d/2p5d: row; 3d: input).
+
+Parameter names stay those of the serial model, so :func:`serial_state_dict` gathers every
+piece back under its serial name, and :func:`shard_state` cuts a serial-layout dict (weights or
+optimizer moments) into this rank's pieces. :meth:`ParallelGPT.grad_norm_parts` tells the
+training core which group each gradient piece is sharded over, so that clipping uses the norm of
+the serial model's gradient.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn as nn
+
+from shared.parallel.comm import raw_all_gather, reduce_from_group
+from shared.parallel.plan import apply_plan
+from shared.parallel.topology import TopologyError, build_topology, world_group
+from shared.parallel.tp1d import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
+                                  parallel_dropout, vocab_parallel_cross_entropy)
+from shared.train.config import ConfigError
+from shared.train.gradients import NormPart
+
+from .models.gpt import GPT, GPTConfig, attention_core
+from .parallel_2d import Embedding2D, Grid2D, LayerNorm2D, Linear2D
+from .parallel_3d import Embedding3D, Groups3D, LayerNorm3D, Linear3D
+
+MODES = ("1d", "2d", "2p5d", "3d")
+
+
+# ----------------------------------------------------------------------------------------------
+# the grid and the shapes it can split, checked before any work
+
+def build_grid(mode: str, depth: int = 1, world_size: int | None = None,
+               rank: int | None = None):
+    """The topology of ``mode`` over the whole job (``world_size``/``rank`` default to the job's).
+
+    An impossible world size raises :class:`TopologyError`; for 2.5D the message also says which
+    ``--depth`` values fit the world size (world = q²·d)."""
+    if mode not in MODES:
+        raise ConfigError(f"--mode {mode!r} is not a tensor-parallel mode; choose one of: "
+                          f"{', '.join(MODES)}")
+    try:
+        return build_topology(mode, world_size=world_size, rank=rank, depth=depth)
+    except TopologyError as exc:
+        if mode != "2p5d":
+            raise
+        world = world_size or world_group().size
+        fits = [(q, world // (q * q)) for q in range(2, math.isqrt(world) + 1)
+                if world % (q * q) == 0]
+        how = (" or ".join(f"--depth {d} (q={q})" for q, d in fits) if fits else
+               f"--depth {world} (q=1: no tensor split), or a world size with a square factor "
+               f"q² >= 4 (4, 8, 9, 12, 16, ... ranks)")
+        raise TopologyError(f"{exc}; 2.5D needs world = q²·d, so for {world} ranks use "
+                            f"{how}") from None
+
+
+def batch_shards(topo) -> int:
+    """Number of pieces the global batch is cut into."""
+    q = topo.shape.get("q", 1)
+    return {"1d": 1, "2d": q, "2p5d": q * topo.shape.get("d", 1), "3d": q * q}[topo.mode]
+
+
+def check_shapes(cfg: GPTConfig, topo, batch_size: int | None = None) -> None:
+    """Raise one :class:`ConfigError` listing every size the mode cannot split, with a valid
+    alternative."""
+    mode = topo.mode
+    q = topo.shape.get("q", 1)
+    p = topo.grid_size
+    if mode == "1d":        # heads and vocabulary split P ways
+        needs = [("heads", cfg.heads, p), ("hidden", cfg.hidden, p),
+                 ("vocab_size", cfg.vocab_size, p)]
+    else:                   # heads/vocabulary split q ways; biases, LayerNorm, embeddings q² ways
+        needs = [("heads", cfg.heads, q), ("hidden", cfg.hidden, q * q),
+                 ("vocab_size", cfg.vocab_size, q)]
+    if batch_size is not None:
+        needs.append(("batch_size", batch_size, batch_shards(topo)))
+    bad = [f"--{name} {value} must be a multiple of {m} (e.g. {value + (-value) % m})"
+           for name, value, m in needs if value % m]
+    if bad:
+        raise ConfigError(f"{mode} tensor parallelism on {p} ranks "
+                          f"({', '.join(f'{k}={v}' for k, v in topo.shape.items())}) cannot split "
+                          f"this model: " + "; ".join(bad))
+
+
+# ----------------------------------------------------------------------------------------------
+# layouts: the layers, batch split and loss of each mode. Every method taking (name, module) is a
+# style of the plan: it returns the module that replaces the serial one.
+
+class Layout1D:
+    """Megatron: qkv/fc1/head column-parallel, proj/fc2 row-parallel, vocab-parallel token
+    embedding; LayerNorms and the position embedding stay whole on every rank."""
+    resid_kind = "replicated"
+
+    def __init__(self, topo):
+        self.topo, self.g = topo, topo["tensor"]
+        self.vocab_group = self.g
+
+    def colwise(self, name, linear):
+        return ColumnParallelLinear.from_serial(linear, self.g)
+
+    def rowwise(self, name, linear):
+        return RowParallelLinear.from_serial(linear, self.g)
+
+    def layernorm(self, name, ln):
+        return ln                                   # replicated
+
+    def tok_embedding(self, name, emb):
+        return VocabParallelEmbedding.from_serial(emb, self.g)
+
+    def pos_embedding(self, name, emb):
+        return emb                                  # replicated
+
+    def split_batch(self, t):
+        return t
+
+    split_targets = split_batch
+
+    def shard_activation(self, x):
+        """The full residual-stream activation [B, T, h] → this rank's piece."""
+        return x
+
+    def reduce_loss(self, local_mean):
+        return local_mean
+
+    def local_heads(self, heads):
+        return heads // self.g.size
+
+    def norm_group(self, module, pname):
+        """(group the gradient of ``module.pname`` is sharded over or None, replicas)."""
+        sharded = isinstance(module, (ColumnParallelLinear, VocabParallelEmbedding)) or (
+            isinstance(module, RowParallelLinear) and pname == "weight")
+        return (self.g if sharded else None), 1
+
+
+class Layout2D:
+    """Optimus 2D (``depth`` 1) and Tesseract 2.5D (paper version: batch over d·q)."""
+    resid_kind = "sharded"
+
+    def __init__(self, topo):
+        self.topo = topo
+        dep = topo["dep"] if topo.mode == "2p5d" else None
+        self.grid = Grid2D(topo["row"], topo["col"], dep)
+        self.batch_group = topo["xz"] if topo.mode == "2p5d" else topo["col"]
+        self.vocab_group = topo["row"]
+
+    def colwise(self, name, linear):
+        return Linear2D(linear, self.grid, self.topo.mode)
+
+    rowwise = colwise
+
+    def layernorm(self, name, ln):
+        return LayerNorm2D(ln, self.grid, self.topo.mode)
+
+    def tok_embedding(self, name, emb):
+        return Embedding2D(emb, self.grid, self.topo.mode)
+
+    pos_embedding = tok_embedding
+
+    def split_batch(self, t):
+        g = self.batch_group
+        n = t.shape[0] // g.size
+        return t[g.rank * n:(g.rank + 1) * n]
+
+    split_targets = split_batch
+
+    def shard_activation(self, x):
+        h = x.shape[-1] // self.grid.q
+        return self.split_batch(x)[..., self.grid.c * h:(self.grid.c + 1) * h]
+
+    def reduce_loss(self, local_mean):
+        g = self.batch_group
+        return reduce_from_group(local_mean / g.size, g)
+
+    def local_heads(self, heads):
+        return heads // self.grid.q
+
+    def norm_group(self, module, pname):
+        # every piece differs across the q² ranks of a depth slice; the d slices hold copies
+        return self.topo["tensor"], self.topo.shape.get("d", 1)
+
+
+class Layout3D:
+    """3D: Linear3D pairs with swapped input/output groups."""
+    resid_kind = "sharded"
+
+    def __init__(self, topo):
+        self.topo = topo
+        self.orig = Groups3D.from_topology(topo)
+        self.vocab_group = topo["input"]
+        self.loss_group = topo["output_x_weight"]
+
+    def colwise(self, name, linear):
+        """The first Linear3D of a pair (qkv, fc1, head), on the original groups."""
+        return Linear3D(linear, self.orig)
+
+    def rowwise(self, name, linear):
+        """The second (proj, fc2), with input and output swapped."""
+        return Linear3D(linear, self.orig.swapped(self.topo))
+
+    def layernorm(self, name, ln):
+        return LayerNorm3D(ln, self.topo)
+
+    def tok_embedding(self, name, emb):
+        return Embedding3D(emb, self.topo)
+
+    pos_embedding = tok_embedding
+
+    def _rows(self, t, second):
+        q = self.orig.q
+        n = t.shape[0] // (q * q)
+        b = self.topo["weight"].rank * q + self.topo[second].rank
+        return t[b * n:(b + 1) * n]
+
+    def split_batch(self, t):
+        return self._rows(t, "input")
+
+    def split_targets(self, t):
+        """Rows of the logits: block ``weight·q + output`` (after the head's reduce-scatter)."""
+        return self._rows(t, "output")
+
+    def shard_activation(self, x):
+        h = x.shape[-1] // self.orig.q
+        k = self.topo["output"].rank
+        return self.split_batch(x)[..., k * h:(k + 1) * h]
+
+    def reduce_loss(self, local_mean):
+        g = self.loss_group
+        return reduce_from_group(local_mean / g.size, g)
+
+    def local_heads(self, heads):
+        return heads // self.orig.q
+
+    def norm_group(self, module, pname):
+        if isinstance(module, Linear3D):          # W differs on every rank; b [n/q] block inp
+            return (self.topo["tensor"] if pname == "weight" else module.g.inp), 1
+        if isinstance(module, LayerNorm3D):       # γ, β [h/q]: hidden block = output coordinate
+            return module.out, 1
+        return self.topo["output_x_weight"], 1    # Embedding3D [V, h/q²]: block (output, weight)
+
+
+LAYOUTS = {"1d": Layout1D, "2d": Layout2D, "2p5d": Layout2D, "3d": Layout3D}
+
+
+# ----------------------------------------------------------------------------------------------
+# attention on local heads and dropout from the RNG streams
+
+class DropoutStreams:
+    """The RNG streams (:class:`shared.parallel.RNGStreams`) every dropout of one parallel model
+    draws from; the training step replaces them each step (:func:`set_streams`)."""
+
+    def __init__(self, streams=None):
+        self.streams = streams
+
+
+class StreamDropout(nn.Module):
+    """Dropout whose mask comes from ``slot.streams.fork(kind)``: ``"replicated"`` where the
+    activation is the same on every rank (1D residual stream), ``"sharded"`` otherwise."""
+
+    def __init__(self, p: float, slot: DropoutStreams, kind: str):
+        super().__init__()
+        self.p, self.slot, self.kind = p, slot, kind
+
+    def forward(self, x):
+        return parallel_dropout(x, self.p, self.training, self.slot.streams, self.kind)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, stream={self.kind}"
+
+
+class LocalHeadsAttention(nn.Module):
+    """The serial attention on this rank's ``heads`` (every mode splits the heads); its
+    attention dropout draws from the sharded stream, since the heads differ per rank."""
+
+    def __init__(self, attn, heads: int, slot: DropoutStreams):
+        super().__init__()
+        self.qkv, self.proj, self.drop = attn.qkv, attn.proj, attn.drop
+        self.heads, self.dropout, self.slot = heads, attn.dropout, slot
+
+    def forward(self, x):                                 # x: the mode's local activation
+        qkv = self.qkv(x)                                 # [b', s, heads·3·hd] local heads
+        streams = self.slot.streams
+        forked = self.training and self.dropout > 0 and streams is not None
+        with streams.fork("sharded") if forked else contextlib.nullcontext():
+            y = attention_core(qkv, self.heads, self.dropout, self.training)
+        return self.drop(self.proj(y))
+
+
+# ----------------------------------------------------------------------------------------------
+# the plan and the parallel model
+
+def tensor_parallel_plan(layout, slot: DropoutStreams) -> dict:
+    """``{module-name pattern: style}`` for :func:`shared.parallel.plan.apply_plan`."""
+    return {
+        "tok": layout.tok_embedding,
+        "pos": layout.pos_embedding,
+        "blocks.*.ln1": layout.layernorm,
+        "blocks.*.ln2": layout.layernorm,
+        "ln_f": layout.layernorm,
+        "blocks.*.attn.qkv": layout.colwise,
+        "blocks.*.attn.proj": layout.rowwise,
+        "blocks.*.mlp.fc1": layout.colwise,
+        "blocks.*.mlp.fc2": layout.rowwise,
+        "head": layout.colwise,
+        "blocks.*.attn": lambda name, attn: LocalHeadsAttention(
+            attn, layout.local_heads(attn.heads), slot),
+        "*drop": lambda name, drop: StreamDropout(drop.p, slot, layout.resid_kind),
+    }
+
+
+class ParallelGPT(nn.Module):
+    """:class:`tensor_parallel.models.GPT` on one rank of a tensor-parallel grid.
+
+    ``self.gpt`` is the serial model with the plan applied (its ``forward`` unchanged); this
+    module splits the global batch and computes the vocabulary-parallel loss."""
+
+    def __init__(self, gpt: GPT, topo, streams=None):
+        super().__init__()
+        check_shapes(gpt.cfg, topo)
+        self.cfg, self.topo, self.mode = gpt.cfg, topo, topo.mode
+        self.layout = LAYOUTS[topo.mode](topo)
+        self.rng = DropoutStreams(streams)
+        with torch.random.fork_rng(devices=[]):     # tp1d layers draw a throw-away init
+            self.gpt = apply_plan(gpt, tensor_parallel_plan(self.layout, self.rng))
+
+    def forward(self, idx, targets=None):
+        """idx, targets: the global batch (B, T), identical on every rank.
+
+        Returns (local logits split over batch and vocabulary, global mean loss or None)."""
+        check_shapes(self.cfg, self.topo, idx.shape[0])
+        logits, _ = self.gpt(self.layout.split_batch(idx))
+        loss = None
+        if targets is not None:
+            per_token = vocab_parallel_cross_entropy(logits, self.layout.split_targets(targets),
+                                                     self.layout.vocab_group)
+            loss = self.layout.reduce_loss(per_token.mean())
+        return logits, loss
+
+    def grad_norm_parts(self) -> list[NormPart]:
+        """The parameters grouped by the group their gradient pieces are sharded over (for
+        :func:`shared.train.gradients.clip_gradients`): the global norm is the serial one."""
+        parts: dict[tuple, NormPart] = {}
+        for module in self.gpt.modules():
+            for pname, p in module.named_parameters(recurse=False):
+                group, replicas = self.layout.norm_group(module, pname)
+                key = (id(group), replicas)
+                parts.setdefault(key, NormPart([], group, replicas)).params.append(p)
+        return list(parts.values())
+
+
+def parallelize(gpt: GPT, topo, streams=None) -> ParallelGPT:
+    """The parallel model of ``topo.mode`` holding this rank's pieces of ``gpt``'s weights.
+
+    ``gpt`` is changed in place (its layers are replaced; pass a copy to keep the serial model);
+    the global RNG is left untouched."""
+    return ParallelGPT(gpt, topo, streams)
+
+
+def set_streams(pmodel: ParallelGPT, streams) -> None:
+    """Use ``streams`` (shared.parallel.seeding.RNGStreams) for every dropout of the model."""
+    pmodel.rng.streams = streams
+
+
+# ----------------------------------------------------------------------------------------------
+# to and from the serial layout
+
+# which dimension of each tp1d parameter is split (absent: replicated)
+_SPLIT_1D = {ColumnParallelLinear: {"weight": 0, "bias": 0}, RowParallelLinear: {"weight": 1},
+             VocabParallelEmbedding: {"weight": 0}}
+
+
+def _serial_items(module, pick):
+    if hasattr(module, "serial_state"):                     # 2D / 2.5D / 3D layers
+        return module.serial_state(pick).items()
+    dims = _SPLIT_1D.get(type(module), {})
+    group = getattr(module, "group", None)
+    return [(name, pick(p).detach() if dims.get(name) is None else
+             raw_all_gather(pick(p).detach(), dims[name], group))
+            for name, p in module.named_parameters(recurse=False)]
+
+
+def serial_state_dict(pmodel: ParallelGPT, grad: bool = False, pick=None) -> dict:
+    """The full serial state dict, on every rank: of the parameters, of their gradients
+    (``grad=True``) or of any tensor shaped like each parameter (``pick(param)``, e.g. an
+    optimizer moment). Collective: every rank of the tensor grid must call it."""
+    if pick is None:
+        pick = (lambda p: p.grad) if grad else (lambda p: p)
+    out = {}
+    for name, module in pmodel.gpt.named_modules():
+        for key, value in _serial_items(module, pick):
+            out[f"{name}.{key}" if name else key] = value.detach().clone()
+    return out
+
+
+def shard_state(pmodel: ParallelGPT, serial: dict) -> dict:
+    """This rank's pieces of a serial-layout dict (weights or optimizer moments), keyed like
+    ``pmodel.gpt.state_dict()``: the inverse of :func:`serial_state_dict`. No communication."""
+    with torch.random.fork_rng(devices=[]):       # its random init is thrown away
+        carrier = GPT(pmodel.cfg)
+    carrier.load_state_dict(serial, assign=True)
+    local = ParallelGPT(carrier, pmodel.topo)
+    return {k: v.detach() for k, v in local.gpt.state_dict().items()}
+
+
+def to_serial(pmodel: ParallelGPT) -> GPT:
+    """A serial GPT holding the gathered weights (collective)."""
+    model = GPT(pmodel.cfg)
+    model.load_state_dict(serial_state_dict(pmodel))
+    return model
