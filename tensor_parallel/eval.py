@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from shared.errors import UsageError
+from shared.train import EvalConfig as BaseEvalConfig
 from shared.train import (ConfigError, checkpoint_files, entry_point, load_checkpoint,
                           load_config, log0, parse_config, resolve_run, runs_root, start)
 
@@ -26,26 +27,16 @@ from .train import PAPER, check_format, evaluate_loss
 
 
 @dataclass
-class EvalConfig:
-    run: str = ""
-    """run directory, or a run name under --out_dir; "" = the newest run"""
-    mode: str = ""
-    """"" = the run's mode (any mode reads any checkpoint)"""
+class EvalConfig(BaseEvalConfig):
+    """``--mode`` "" = the run's mode (any mode reads any checkpoint)."""
     depth: int = 0
     """2.5D depth; 0 = the run's"""
-    data: str = ""
-    """corpus; "" = the one the run was trained on"""
     split: str = "val"
     eval_batches: int = 0
     """0 = the run's"""
     batch_size: int = 0
     """0 = the run's"""
-    out_dir: str = ""
-    """root of the run directories; "" = <repo>/runs/tensor_parallel"""
-    device: str = "auto"
-    timeout: float = 600.0
     threads: int = 1
-    debug: bool = False
 
 
 def run_config(ecfg: EvalConfig):

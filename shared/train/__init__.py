@@ -1,6 +1,6 @@
 """The one training core that every paper uses.
 
-config: TrainConfig (the glossary of field names and flags), parse_config, ConfigError,
+config: TrainConfig (the glossary of field names and flags), EvalConfig (eval.py's flags), parse_config, ConfigError,
     save_config, load_config, config_to_dict, help_text
 cli: entry_point (one-line errors, exit 2), parse_args (config + ``--resume``), start, runs_root
 loop: Task, StepOutput, fit, reduce_metrics
@@ -13,7 +13,7 @@ plot: plot_metrics
 """
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .cli import entry_point, parse_args, runs_root, start
-from .config import (ConfigError, TrainConfig, config_to_dict, help_text, load_config,
+from .config import (ConfigError, EvalConfig, TrainConfig, config_to_dict, help_text, load_config,
                      parse_config, save_config)
 from .gradients import (GradSync, NormPart, clip_gradients, global_grad_norm, replicated_plan,
                         sync_gradients)

@@ -276,7 +276,8 @@ class TrainConfig:
     warmup_steps: int = 0
     """linear warm-up from ``min_lr`` to ``lr`` over this many steps"""
     schedule: str = "cosine"
-    """cosine | linear | constant: the decay from ``lr`` to ``min_lr`` after warm-up (timm)"""
+    """cosine | linear | constant | poly: the decay from ``lr`` to ``min_lr`` after warm-up (timm;
+    poly's exponent: a paper config's ``poly_power``, default 2)"""
     lr: float = 1e-3
     min_lr: float = 0.0
     weight_decay: float = 0.0
@@ -319,8 +320,9 @@ class TrainConfig:
                               f"choose one of: {', '.join(self.MODES)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device {self.device!r}: choose auto, cpu or cuda")
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ConfigError(f"--schedule {self.schedule!r}: choose cosine, linear or constant")
+        if self.schedule not in ("cosine", "linear", "constant", "poly"):
+            raise ConfigError(f"--schedule {self.schedule!r}: choose cosine, linear, constant "
+                              f"or poly")
         for name in ("steps", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1; got {getattr(self, name)}")
@@ -336,3 +338,20 @@ class TrainConfig:
         if self.warmup_steps >= self.steps and self.steps > 1:
             raise ConfigError(f"--warmup_steps {self.warmup_steps} must be below --steps "
                               f"{self.steps}")
+
+
+@dataclass
+class EvalConfig:
+    """Flags shared by every paper's ``eval.py`` (a paper subclasses it to add its own)."""
+    run: str = ""
+    """run directory, or a run name under ``--out_dir``; "" = the newest run"""
+    out_dir: str = ""
+    """root of the run directories; "" = <repo>/runs/<paper>"""
+    mode: str = ""
+    """"" = the run's mode"""
+    data: str = ""
+    """dataset path; "" = the one the run was trained on"""
+    device: str = "auto"
+    timeout: float = 600.0
+    threads: int = 0
+    debug: bool = False
