@@ -276,8 +276,9 @@ class TrainConfig:
     warmup_steps: int = 0
     """linear warm-up from ``min_lr`` to ``lr`` over this many steps"""
     schedule: str = "cosine"
-    """cosine | linear | constant | poly: the decay from ``lr`` to ``min_lr`` after warm-up (timm;
-    poly's exponent: a paper config's ``poly_power``, default 2)"""
+    """cosine | linear | constant | poly: the decay from ``lr`` to ``min_lr`` after warm-up (timm)"""
+    poly_power: float = 2.0
+    """exponent of the ``poly`` decay, ``(1 - progress) ** poly_power``"""
     lr: float = 1e-3
     min_lr: float = 0.0
     weight_decay: float = 0.0
@@ -331,6 +332,8 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0; got {getattr(self, name)} "
                                   f"(0 turns it off)")
+        if self.poly_power <= 0:
+            raise ConfigError(f"--poly_power must be positive; got {self.poly_power}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive; got {self.lr}")
         if self.timeout <= 0:

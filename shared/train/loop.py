@@ -224,7 +224,7 @@ def fit(cfg, task: Task) -> dict:
     sync_plan, norm_plan = task.grad_plans()
     metric_groups = task.metric_groups()
     scheduler = build_scheduler(task.optimizer, cfg.schedule, cfg.steps, cfg.warmup_steps,
-                                cfg.min_lr)
+                                cfg.min_lr, cfg.poly_power)
     last = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
     log0(f"{task.describe()}; world {world.size}, mode {cfg.mode}; steps {start}->{last} of "
          f"{cfg.steps}; run dir {run.path}")
