@@ -229,6 +229,8 @@ def _child(fn, rank, world_size, port, timeout_s, results, args):
         return
     try:
         if dist.is_initialized():
+            # rank 0 hosts the rendezvous store: no rank may leave while another still uses it
+            dist.barrier()
             dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - teardown after success must not turn it into failure
         pass

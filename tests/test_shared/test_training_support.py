@@ -56,7 +56,7 @@ def test_run_dir_writes_config_metrics_checkpoint_and_plot(tmp_path):
     class C:
         lr: float = 0.1
 
-    run = RunDir(tmp_path / "runs", C(), name="r1", is_main=True)
+    run = RunDir.create(tmp_path / "runs" / "r1", C(), is_main=True)
     for step in range(5):
         run.log(step, loss=1.0 / (step + 1), lr=torch.tensor(0.1))
         if step % 2 == 0:
@@ -64,7 +64,7 @@ def test_run_dir_writes_config_metrics_checkpoint_and_plot(tmp_path):
     assert json.loads((run.path / "config.json").read_text()) == {"lr": 0.1}
     rows = read_metrics(run.metrics_path)
     assert len(rows) == 8 and rows[0]["loss"] == 1.0 and isinstance(rows[0]["lr"], float)
-    run.save({"step": 4})
+    shared.save_checkpoint({"step": 4}, run.checkpoint_path)
     assert shared.load_checkpoint(run.checkpoint_path)["step"] == 4
     png = run.plot()
     data = png.read_bytes()
@@ -72,9 +72,17 @@ def test_run_dir_writes_config_metrics_checkpoint_and_plot(tmp_path):
 
 
 def test_non_main_ranks_write_nothing(tmp_path):
-    run = RunDir(tmp_path / "runs", None, name="r", is_main=False)
+    run = RunDir.create(tmp_path / "runs" / "r", None, is_main=False)
     run.log(0, loss=1.0)
-    assert run.save({"a": 1}) is None and not (tmp_path / "runs").exists()
+    assert run.plot() is None and not (tmp_path / "runs").exists()
+
+
+def test_reopen_drops_metric_rows_past_the_checkpoint(tmp_path):
+    run = RunDir.create(tmp_path / "r", None, is_main=True)
+    for step in range(1, 8):
+        run.log(step, loss=float(step))
+    RunDir.reopen(tmp_path / "r", 4, is_main=True)
+    assert [r["step"] for r in read_metrics(tmp_path / "r" / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
 def test_nan_loss_stops_with_a_clear_error():
@@ -149,8 +157,10 @@ def test_latest_run_is_the_newest_checkpoint_and_names_the_train_target(tmp_path
 
     from shared.train import latest_run
 
+    from shared.errors import UsageError
+
     root = tmp_path / "runs" / "mypaper"
-    with pytest.raises(FileNotFoundError, match="make train-mypaper"):
+    with pytest.raises(UsageError, match="make train-mypaper"):
         latest_run(root)
     for i, name in enumerate(("b", "a", "c")):
         (root / name).mkdir(parents=True)
@@ -158,6 +168,12 @@ def test_latest_run_is_the_newest_checkpoint_and_names_the_train_target(tmp_path
         os.utime(root / name / "checkpoint.pt", (1000 + i, 1000 + i))
     (root / "d").mkdir()  # a run without a checkpoint is skipped
     assert latest_run(root) == root / "c"
+    # an expert-parallel run writes one file per rank; it is found too when it is the newest
+    (root / "e").mkdir()
+    for r in range(2):
+        (root / "e" / f"checkpoint-rank{r}.pt").write_bytes(b"x")
+        os.utime(root / "e" / f"checkpoint-rank{r}.pt", (2000 + r, 2000 + r))
+    assert latest_run(root) == root / "e"
 
 
 def test_copy_tables_to_readme_replaces_marked_tables_only(tmp_path):
