@@ -21,7 +21,8 @@ from shared.bench import ResultsConfig, copy_tables_to_readme, results_dir, time
 from shared.parallel.seeding import seed_everything
 from shared.train import entry_point, parse_config
 
-from .models import MoE, create_model
+from .models import MoE, create_model, expert_capacity
+from .models.moe import combine, dispatch
 from .models.vit import Mlp
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -34,30 +35,96 @@ class BenchConfig(ResultsConfig):
     seed: int = 0
     threads: int = 1
     """torch CPU threads (1: stable on a shared machine); 0 = torch's default"""
+    widths: str = "128,256"
+    """model widths d of the MoE-vs-dense layer bench (expert FFN 4d, batch 32 x 65 tokens);
+    the GPU check uses 768"""
+    device: str = "cpu"
+    """cpu | cuda (the layer benches; the tiny-model throughput runs on the CPU)"""
+    amp: bool = False
+    """bf16 autocast in the layer bench"""
 
 
-def bench_moe_layer(cfg: BenchConfig) -> list[dict]:
-    sizes = [(64, 256, 2, 17)] if cfg.smoke else [(128, 512, 64, 65), (256, 1024, 32, 65),
-                                                   (384, 1536, 16, 197)]
+def _moe_sizes(cfg: BenchConfig):
+    if cfg.smoke:
+        return [(64, 256, 2, 17)]
+    return [(int(d), 4 * int(d), 32, 65) for d in cfg.widths.split(",")]
+
+
+def bench_moe_layer(cfg: BenchConfig, device) -> list[dict]:
     rows = []
-    for d, f, batch, tokens in sizes:
-        moe = MoE(d, f, num_experts=4, top_k=2, capacity_factor=1.2, dropout=0.0)
-        dense = Mlp(d, 2 * f, dropout=0.0)
-        x = torch.randn(batch, tokens, d, requires_grad=True)
+    for d, f, batch, tokens in _moe_sizes(cfg):
+        moe = MoE(d, f, num_experts=4, top_k=2, capacity_factor=1.2, dropout=0.0).to(device)
+        dense = Mlp(d, 2 * f, dropout=0.0).to(device)
+        x = torch.randn(batch, tokens, d, device=device, requires_grad=True)
 
         def step_moe():
-            y, stats = moe(x)
-            (y.square().mean() + 0.01 * stats.aux_loss).backward()
+            with _autocast(cfg, device):
+                y, stats = moe(x)
+            (y.float().square().mean() + 0.01 * stats.aux_loss).backward()
 
         def step_dense():
-            dense(x).square().mean().backward()
+            with _autocast(cfg, device):
+                y = dense(x)
+            y.float().square().mean().backward()
 
         t_moe = time_fn(step_moe, warmup=1, repeat=cfg.repeat)["median"]
         t_dense = time_fn(step_dense, warmup=1, repeat=cfg.repeat)["median"]
-        rows.append({"d": d, "d_ff (expert)": f, "dense hidden": 2 * f, "tokens": batch * tokens,
+        C = expert_capacity(batch * tokens, 4, 2, 1.2)
+        rows.append({"device": device.type, "precision": "bf16 autocast" if cfg.amp else "fp32",
+                     "d": d, "d_ff (expert)": f, "dense hidden": 2 * f,
+                     "tokens": batch * tokens, "slots (E x C)": 4 * C,
                      "MoE fwd+bwd ms": 1e3 * t_moe, "dense fwd+bwd ms": 1e3 * t_dense,
-                     "MoE / dense time": t_moe / t_dense})
+                     "MoE / dense time": t_moe / t_dense,
+                     "slot FLOPs / dense FLOPs": 4 * C / (2 * batch * tokens)})
     return rows
+
+
+def moe_profile(cfg: BenchConfig, device) -> list[dict]:
+    """Forward + backward time of each stage of the MoE layer, each timed alone on detached
+    inputs (so the stages' sum is close to, not equal to, the whole layer's time)."""
+    rows = []
+    for d, f, batch, tokens in _moe_sizes(cfg):
+        moe = MoE(d, f, num_experts=4, top_k=2, capacity_factor=1.2, dropout=0.0).to(device)
+        E, k = moe.num_experts, moe.top_k
+        x = torch.randn(batch * tokens, d, device=device, requires_grad=True)
+        C = expert_capacity(len(x), E, k, 1.2)
+        with torch.no_grad():
+            slot, keep, top_p, _ = moe.route(x, C)
+            buf = dispatch(x, slot, E, C, x.dtype)
+            out = moe.experts(buf)
+        buf, out = buf.requires_grad_(), out.requires_grad_()
+        weight = (top_p * keep).requires_grad_()
+        idx = torch.where(keep, slot, 0)
+
+        def router():
+            s, kp, p, aux = moe.route(x, C)
+            (p.sum() + aux).backward()
+
+        stages = {
+            "router (fp32 logits, softmax, top-k, slots, aux)": router,
+            "dispatch (scatter)": lambda: dispatch(x, slot, E, C, x.dtype).sum().backward(),
+            "experts (2 batched matmuls)": lambda: moe.experts(buf).sum().backward(),
+            "combine (gather, weighted sum)": lambda: combine(out, idx, weight).sum().backward(),
+        }
+
+        def whole():
+            y, stats = moe(x)
+            (y.sum() + stats.aux_loss).backward()
+
+        t = {name: time_fn(fn, warmup=1, repeat=cfg.repeat)["median"]
+             for name, fn in stages.items()}
+        total = sum(t.values())
+        t_whole = time_fn(whole, warmup=1, repeat=cfg.repeat)["median"]
+        for name, v in t.items():
+            rows.append({"d": d, "tokens": batch * tokens, "stage": name,
+                         "fwd+bwd ms": 1e3 * v, "share of the stages' sum": v / total})
+        rows.append({"d": d, "tokens": batch * tokens, "stage": "whole layer (one call)",
+                     "fwd+bwd ms": 1e3 * t_whole, "share of the stages' sum": t_whole / total})
+    return rows
+
+
+def _autocast(cfg: BenchConfig, device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
 
 
 def bench_throughput(cfg: BenchConfig) -> list[dict]:
@@ -104,15 +171,28 @@ def main(argv=None):
              f"{label}; median of {cfg.repeat} timed repeats after one warm-up",
              f"torch threads: {torch.get_num_threads()}; CPU machines shared with other jobs "
              f"give noisy absolute times, compare the ratios"]
-    moe_rows = bench_moe_layer(cfg)
+    device = torch.device(cfg.device)
+    moe_rows = bench_moe_layer(cfg, device)
     paths = write_table(out / "bench_moe_layer", moe_rows,
                         "Top-2 MoE layer (E=4, cf 1.2) vs dense FFN of equal FLOPs per token",
-                        seed=cfg.seed, notes=notes)
+                        seed=cfg.seed, notes=notes + [
+                            "the MoE's experts compute E x C = cf x k x T slots, the dense FFN "
+                            "k x T token-widths: with cf 1.2 the expert matmuls alone cost 1.2x "
+                            "the dense ones (column 'slot FLOPs / dense FLOPs'), the floor of "
+                            "the ratio"])
+    prof_rows = moe_profile(cfg, device)
+    paths += write_table(out / "bench_moe_profile", prof_rows,
+                         "Where the MoE layer's time goes: router, dispatch, experts, combine",
+                         seed=cfg.seed, notes=notes)
+    if cfg.device != "cpu" or cfg.amp:      # the GPU check: the layer benches only
+        for row in moe_rows + prof_rows:
+            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+        return moe_rows, prof_rows
     tp_rows = bench_throughput(cfg)
     paths += write_table(out / "bench_throughput", tp_rows,
                          "Training throughput of the tiny models (forward + backward + LAMB)",
                          seed=cfg.seed, notes=notes)
-    for row in moe_rows + tp_rows:
+    for row in moe_rows + prof_rows + tp_rows:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
     if not cfg.smoke and not cfg.out:
         copy_tables_to_readme(RESULTS.parent / "README.md", RESULTS)

@@ -23,8 +23,9 @@ from shared.train.config import ConfigError, TrainConfig
 @dataclass
 class Config(TrainConfig):
     MODES = ("data", "expert")
-    FIXED_ON_RESUME = ("model", "dataset", "img_size", "patch_size", "num_classes", "train_size",
-                       "val_size", "num_experts", "top_k", "capacity_factor", "expert_ranks")
+    FIXED_ON_RESUME = ("model", "pool", "dataset", "img_size", "patch_size", "num_classes",
+                       "train_size", "val_size", "num_experts", "top_k", "capacity_factor",
+                       "expert_ranks", "nlp_stage", "seq_len")
 
     # ---- glossary fields with the paper's defaults
     seed: int = 42
@@ -44,6 +45,8 @@ class Config(TrainConfig):
     patch_size: int = 0
     """0 = the model's default"""
     dropout: float = 0.1
+    pool: str = ""
+    """classifier input: "" = the model's own (ViT: cls, MoE models: gap) | gap | cls"""
     # ---- data
     dataset: str = "auto"
     """auto | generated | cifar10 | imagenet (--data: ImageNet root with train/ and val/, or a
@@ -55,8 +58,11 @@ class Config(TrainConfig):
     """generated data only"""
     val_size: int = 2000
     """generated data only"""
-    workers: int = 0
-    """DataLoader workers (resume is bit-exact with 0)"""
+    workers: int = -1
+    """DataLoader workers per process; -1 = auto (8 on CUDA, with pinned memory; 0 on CPU)"""
+    skip_bad_images: bool = False
+    """an unreadable image file: false = stop with an error naming it; true = skip it (another
+    image takes its place) and count the skips (logged as skipped_images)"""
     epochs: float = 0.0
     """> 0: set --steps to this many epochs of the training data (overrides --steps)"""
     warmup_epochs: float = 0.0
@@ -67,12 +73,18 @@ class Config(TrainConfig):
     """Beta(alpha, alpha) mixup on every batch; 0 = off"""
     randaug_ops: int = 2
     randaug_magnitude: int = 15
+    """timm/TF scale (10 = the largest listed level; the official 15 extrapolates beyond it)"""
     # ---- MoE
     num_experts: int = 4
     top_k: int = 2
     capacity_factor: float = 1.2
     aux_weight: float = 0.01
     """lambda of the load-balancing loss"""
+    # ---- NLP models (albert_*, widenet_nlp_*)
+    nlp_stage: str = "both"
+    """both (pre-train with MLM + sentence order, then fine-tune) | pretrain | finetune"""
+    seq_len: int = 32
+    """tokens per sequence (NLP)"""
     # ---- parallelism: --mode data (replicate the model) or expert (shard the experts)
     expert_ranks: int = 0
     """--mode expert: ranks per expert group; 0 = all ranks form one expert group"""
@@ -82,8 +94,10 @@ class Config(TrainConfig):
         for name in ("dropout", "label_smoothing"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be in [0, 1); got {getattr(self, name)}")
+        if self.workers < -1:
+            raise ConfigError(f"--workers must be >= 0, or -1 for auto; got {self.workers}")
         for name in ("mixup_alpha", "aux_weight", "epochs", "warmup_epochs", "randaug_ops",
-                     "randaug_magnitude", "workers", "expert_ranks", "patch_size"):
+                     "randaug_magnitude", "expert_ranks", "patch_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0; got {getattr(self, name)}")
         if self.img_size < 1 or self.num_classes < 2 or self.train_size < 1 or self.val_size < 1:
@@ -96,6 +110,12 @@ class Config(TrainConfig):
         if not self.capacity_factor > 0:
             raise ConfigError(f"--capacity_factor must be > 0 (the paper uses 1.2); got "
                               f"{self.capacity_factor}")
+        if self.pool not in ("", "gap", "cls"):
+            raise ConfigError(f"--pool {self.pool!r}: choose gap or cls (or omit it)")
+        if self.nlp_stage not in ("both", "pretrain", "finetune"):
+            raise ConfigError(f"--nlp_stage {self.nlp_stage!r}: choose both, pretrain or finetune")
+        if self.seq_len < 8:
+            raise ConfigError(f"--seq_len must be >= 8; got {self.seq_len}")
         if self.mode != "expert" and self.expert_ranks:
             raise ConfigError(f"--expert_ranks {self.expert_ranks} needs --mode expert")
 

@@ -1,12 +1,14 @@
 """Data: ImageNet (folder layout), CIFAR-10 (python-pickle layout) and a generated default.
 
 * ImageNet: ``ROOT/train/<wnid>/*.JPEG`` and ``ROOT/val/<wnid>/*.JPEG`` (torchvision
-  ``ImageFolder``). Train: Inception crop (area 0.05-1) -> resize -> random flip ->
-  RandAugment(2, 15); eval: resize to the model's size without a crop (official code).
+  ``ImageFolder``; an unreadable file is named, or skipped and counted with
+  ``--skip_bad_images true``). Train (``timm.data.create_transform``): Inception crop (area
+  0.05-1) -> resize -> random flip -> RandAugment(2, 15); eval: resize to the model's size
+  without a crop (official code).
 * CIFAR-10: ``ROOT/cifar-10-batches-py/{data_batch_1..5, test_batch}`` (or those files directly
   in ROOT), each a pickle with ``data`` (N x 3072 uint8, RGB planes) and ``labels``. Read directly
   (torchvision's ``CIFAR10`` insists on the original archive's checksums). Train: random flip ->
-  RandAugment(2, 15).
+  RandAugment(2, 15) (timm).
 * generated (default, no path): 10 classes of left-right symmetric smooth patterns (symmetric so
   that the random flip keeps the class), drawn at a random shift, amplitude and colour (of
   random sign) over a random smooth background with pixel noise; deterministic for a seed,
@@ -25,6 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from timm.data import create_transform, rand_augment_transform
+from timm.data.transforms import str_to_pil_interp
+from torchvision import transforms
 from torchvision.transforms import v2
 
 from shared.errors import UsageError
@@ -45,19 +50,40 @@ def to_signed(x: torch.Tensor) -> torch.Tensor:
     return x.float().div(127.5).sub(1.0)
 
 
+HALF = (0.5, 0.5, 0.5)   # Normalize(0.5, 0.5): [0, 1] -> [-1, 1], the official scaling
+
+
+def randaug_name(ops: int, magnitude: int) -> str:
+    """timm's RandAugment config string (``rand-m15-n2``: 2 ops at magnitude 15 of TF's 0-10
+    level scale, as the official ``RandAugment(num_layers=2, magnitude=15)``)."""
+    return f"rand-m{magnitude}-n{ops}"
+
+
 def train_transform(img_size: int, randaug_ops: int, randaug_magnitude: int, crop: bool):
-    """Augmentation of the official recipe, on uint8 tensors (or PIL images when ``crop``)."""
-    steps = [v2.PILToTensor()] if crop else []
+    """The official training augmentation, through timm.
+
+    ``crop`` (ImageNet, PIL images): ``timm.data.create_transform``, which composes in the brief's
+    order Inception crop (area 0.05-1, bilinear) -> resize -> random flip -> RandAugment(ops,
+    magnitude) -> tensor -> [-1, 1]. Without ``crop`` (in-memory uint8 tensors: CIFAR-10, the
+    generated data): random flip -> RandAugment -> [-1, 1], the same timm RandAugment on a PIL
+    view; without RandAugment the flip runs on the tensor directly.
+    """
+    aa = randaug_name(randaug_ops, randaug_magnitude) if randaug_ops > 0 else None
     if crop:
-        steps.append(v2.RandomResizedCrop(img_size, scale=(0.05, 1.0), antialias=True))
-    steps.append(v2.RandomHorizontalFlip())
-    if randaug_ops > 0:
-        steps.append(v2.RandAugment(num_ops=randaug_ops, magnitude=randaug_magnitude))
-    steps.append(v2.Lambda(to_signed))
-    return v2.Compose(steps)
+        return create_transform(img_size, is_training=True, scale=(0.05, 1.0), hflip=0.5,
+                                color_jitter=None, auto_augment=aa, interpolation="bilinear",
+                                mean=HALF, std=HALF)
+    if aa is None:
+        return v2.Compose([v2.RandomHorizontalFlip(), v2.Lambda(to_signed)])
+    hparams = dict(translate_const=int(img_size * 0.45), img_mean=(128, 128, 128),
+                   interpolation=str_to_pil_interp("bilinear"))
+    return transforms.Compose([transforms.ToPILImage(), transforms.RandomHorizontalFlip(),
+                               rand_augment_transform(aa, hparams), transforms.PILToTensor(),
+                               v2.Lambda(to_signed)])
 
 
 def eval_transform(img_size: int, pil: bool):
+    """Resize to the model's size without a crop (official), then [-1, 1]."""
     steps = [v2.PILToTensor(), v2.Resize((img_size, img_size), antialias=True)] if pil else []
     return v2.Compose(steps + [v2.Lambda(to_signed)])
 
@@ -161,9 +187,40 @@ def read_cifar_batches(root, names) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(images), torch.cat(labels)
 
 
-def imagenet_folders(root, img_size: int, randaug_ops: int, randaug_magnitude: int):
-    from torchvision.datasets import ImageFolder
+class CheckedImageFolder(Dataset):
+    """torchvision ``ImageFolder`` whose unreadable images are named (``DataError``) or, with
+    ``skip_bad``, skipped: the next readable image takes the place, and ``skipped`` (a
+    shared-memory counter, so DataLoader workers add to it too) counts the skips."""
 
+    def __init__(self, root: str, transform, skip_bad: bool = False):
+        from torchvision.datasets import ImageFolder
+
+        self.folder = ImageFolder(root)
+        self.classes, self.samples = self.folder.classes, self.folder.samples
+        self.transform, self.skip_bad = transform, skip_bad
+        self.skipped = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        for j in range(i, i + len(self.samples)):
+            path, label = self.samples[j % len(self.samples)]
+            try:
+                image = self.folder.loader(path)           # PIL open + convert: decodes fully
+            except (OSError, ValueError, SyntaxError) as exc:
+                if not self.skip_bad:
+                    raise DataError(f"cannot read image {path} ({type(exc).__name__}: {exc}); "
+                                    f"replace or delete it, or pass --skip_bad_images true to "
+                                    f"skip unreadable images") from None
+                self.skipped += 1
+                continue
+            return self.transform(image), label
+        raise DataError(f"no readable image in {self.folder.root}")
+
+
+def imagenet_folders(root, img_size: int, randaug_ops: int, randaug_magnitude: int,
+                     skip_bad: bool = False):
     root = Path(root)
     for split in ("train", "val"):
         if not (root / split).is_dir():
@@ -176,7 +233,7 @@ def imagenet_folders(root, img_size: int, randaug_ops: int, randaug_magnitude: i
         tf = (train_transform(img_size, randaug_ops, randaug_magnitude, crop=True) if split == "train"
               else eval_transform(img_size, pil=True))
         try:
-            splits.append(ImageFolder(str(folder), transform=tf))
+            splits.append(CheckedImageFolder(str(folder), tf, skip_bad))
         except (FileNotFoundError, RuntimeError) as exc:
             raise DataError(f"{folder}: no readable images in class folders: {exc}") from None
     if splits[0].classes != splits[1].classes:
@@ -223,5 +280,5 @@ def build_datasets(cfg):
         val = TensorImages(*read_cifar_batches(cfg.data, CIFAR_TEST))
         return train, val, 10
     if kind == "imagenet":
-        return imagenet_folders(cfg.data, cfg.img_size, *aug)
+        return imagenet_folders(cfg.data, cfg.img_size, *aug, skip_bad=cfg.skip_bad_images)
     raise DataError(f"unknown dataset {kind!r}; choose auto, generated, cifar10 or imagenet")

@@ -27,6 +27,7 @@ from shared.errors import UsageError
 
 from .config import Config
 from .data import build_datasets
+from .nlp import is_nlp
 from .train import build_model, evaluate, head_classes
 
 
@@ -82,6 +83,10 @@ def main(argv=None) -> dict:
     root = runs_root(args, "widenet")
     run = resolve_run(root, args.run or (newest_run_of_mode(root, args.mode) if args.mode else ""))
     cfg = load_config(Config, run / "config.json")
+    if is_nlp(cfg.model):
+        raise UsageError(f"run {run} trained the NLP model {cfg.model}; eval evaluates the vision "
+                         f"models only (the NLP run's validation accuracy is in its "
+                         f"metrics.jsonl); pass --run with a vision run")
     if args.mode and args.mode != cfg.mode:
         raise UsageError(f"run {run} was trained with --mode {cfg.mode}, not {args.mode}; "
                          f"pass --run with a run of that mode, or drop --mode")

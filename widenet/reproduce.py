@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from shared.bench import ResultsConfig, copy_tables_to_readme, results_dir, write_table
-from shared.train import entry_point, parse_config
+from shared.train import entry_point, parse_config, read_metrics
 from shared.train.cli import REPO_ROOT
 
 from .config import PRESETS, Config
@@ -61,6 +61,10 @@ class ReproConfig(ResultsConfig):
     train_size: int = 8000
     val_size: int = 2000
     seed: int = 42
+    seeds: int = 3
+    """seeds per arm (mean +- std)"""
+    data: str = ""
+    """a CIFAR-10 root (pickle layout) instead of the generated data"""
     train: bool = True
     """false: only the parameter tables (no training)"""
 
@@ -97,32 +101,86 @@ def ratio_table(counts: dict) -> list[dict]:
     return rows
 
 
-def scaled_down(cfg: ReproConfig, out: Path) -> list[dict]:
+# the arms of the scaled-down table: (model, pool); the official GAP + pre-logits head for all
+# three, plus ViT with its CLS head as the paper's ViT rows use it
+ARMS = [("vit_tiny", "gap"), ("vit_moe_tiny", "gap"), ("widenet_tiny", "gap"), ("vit_tiny", "cls")]
+
+
+def scaled_down(cfg: ReproConfig, out: Path) -> tuple[list[dict], dict]:
+    """Every arm of ARMS trained under one recipe for each seed; rows of mean +- std over the
+    seeds and, per arm, the validation accuracy curves (one per seed) by epoch."""
     paper = {r[0]: r for r in PAPER_ROWS}
+    full = dict(TINY_ROWS)
     stamp = time.strftime("%Y%m%d-%H%M%S")             # run directories are never reused
     runs = (out / "runs" if cfg.out else REPO_ROOT / "runs" / "widenet" / "reproduce") / stamp
-    rows = []
-    for tiny, full in TINY_ROWS:
-        argv = ["--preset", "tiny", "--model", tiny, "--seed", str(cfg.seed), "--quiet",
-                "--run", tiny, "--out_dir", str(runs)]
-        if cfg.smoke:
-            argv += ["--train_size", "64", "--val_size", "32", "--batch_size", "16",
-                     "--steps", "2", "--warmup_steps", "0"]
-        else:
-            argv += ["--epochs", str(cfg.epochs), "--warmup_epochs", "1",
-                     "--train_size", str(cfg.train_size), "--val_size", str(cfg.val_size)]
-        s = train_main(argv)
-        dropped = s.get("last_dropped")
-        rows.append({"paper model (ImageNet-1K, 224px, 300 ep)": paper[full][1],
-                     "paper #params (M)": paper[full][8], "paper top-1 (%)": paper[full][9],
-                     "ours (scaled-down)": tiny, "ours #params": s["params"],
-                     "ours top-1 (%)": 100 * s["val_acc"], "ours best top-1 (%)": 100 * s["best_acc"],
-                     "train steps": s["step"], "train s": s["seconds"],
-                     "dropped assignments, last step (mean over blocks)":
-                         dropped if dropped is not None else "-"})
-        print(f"  {tiny}: top-1 {100 * s['val_acc']:.2f}% with {s['params']} params "
-              f"in {s['seconds']:.0f} s", flush=True)
-    return rows
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    rows, curves = [], {}
+    for tiny, pool in ARMS:
+        finals, bests, secs, params = [], [], [], 0
+        for seed in seeds:
+            run = f"{tiny}-{pool}-seed{seed}"
+            argv = ["--preset", "tiny", "--model", tiny, "--pool", pool, "--seed", str(seed),
+                    "--quiet", "--run", run, "--out_dir", str(runs)]
+            if cfg.data:
+                argv += ["--data", cfg.data]
+            if cfg.smoke:
+                argv += ["--train_size", "64", "--val_size", "32", "--batch_size", "16",
+                         "--steps", "4", "--warmup_steps", "0", "--eval_every", "2"]
+            else:
+                argv += ["--epochs", str(cfg.epochs), "--warmup_epochs", "1",
+                         "--train_size", str(cfg.train_size), "--val_size", str(cfg.val_size)]
+            s = train_main(argv)
+            per_epoch = s["steps_per_epoch"]
+            curve = [(r["step"] / per_epoch, 100 * r["val_acc"])
+                     for r in read_metrics(runs / run / "metrics.jsonl") if "val_acc" in r]
+            curves.setdefault(f"{tiny} ({pool})", []).append(curve)
+            finals.append(100 * s["val_acc"])
+            bests.append(100 * s["best_acc"])
+            secs.append(s["seconds"])
+            params = s["params"]
+            print(f"  {tiny} ({pool}) seed {seed}: top-1 {finals[-1]:.2f}% in {secs[-1]:.0f} s",
+                  flush=True)
+        f, bst = torch.tensor(finals), torch.tensor(bests)
+        rows.append({"paper model (ImageNet-1K, 224px, 300 ep)": paper[full[tiny]][1],
+                     "paper #params (M)": paper[full[tiny]][8],
+                     "paper top-1 (%)": paper[full[tiny]][9],
+                     "ours (scaled-down)": tiny, "head": pool, "ours #params": params,
+                     "seeds": len(seeds),
+                     "ours top-1 (%), mean +- std": f"{f.mean():.2f} +- {_std(f):.2f}",
+                     "ours best top-1 (%), mean +- std": f"{bst.mean():.2f} +- {_std(bst):.2f}",
+                     "per seed": " / ".join(f"{v:.2f}" for v in finals),
+                     "train steps": s["step"], "train s (mean)": sum(secs) / len(secs)})
+    return rows, curves
+
+
+def _std(x: torch.Tensor) -> float:
+    return float(x.std()) if len(x) > 1 else 0.0
+
+
+def plot_curves(curves: dict, path: Path, title: str) -> Path:
+    """Validation top-1 vs epoch, mean over the seeds with a +-1 std band, one line per arm."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, runs in curves.items():
+        n = min(len(c) for c in runs)
+        x = [runs[0][i][0] for i in range(n)]
+        acc = torch.tensor([[c[i][1] for i in range(n)] for c in runs])
+        mean = acc.mean(0)
+        std = acc.std(0) if len(runs) > 1 else torch.zeros_like(mean)
+        ax.plot(x, mean, marker="o", label=label)
+        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 @entry_point
@@ -154,13 +212,15 @@ def main(argv=None):
             copy_tables_to_readme(README, RESULTS)
         print("wrote " + ", ".join(str(p) for p in paths))
         return rows, ratios, []
-    tiny_rows = scaled_down(cfg, out)
+    tiny_rows, curves = scaled_down(cfg, out)
     t = Config(**PRESETS["tiny"])
     with torch.device("meta"):
         m = create_model("widenet_tiny")
-    setting = ("SMOKE run: 2 steps on 64 images (code check only, not a result)" if cfg.smoke else
-               f"SCALED DOWN: generated data ({cfg.train_size} train / {cfg.val_size} val "
-               f"images, {t.img_size}x{t.img_size}, {t.num_classes} classes), {cfg.epochs:g} "
+    data = (f"CIFAR-10 from {cfg.data}" if cfg.data else
+            f"generated data ({cfg.train_size} train / {cfg.val_size} val images, "
+            f"{t.img_size}x{t.img_size}, {t.num_classes} classes)")
+    setting = ("SMOKE run: 4 steps on 64 images (code check only, not a result)" if cfg.smoke else
+               f"SCALED DOWN: {data}, {cfg.epochs:g} "
                f"epochs, batch {t.batch_size}; tiny models of width {m.norm.normalized_shape[0]}, "
                f"{len(m.blocks)} blocks, patch {m.patch_embed.patch_size}; one recipe for all "
                f"three: LAMB lr {t.lr}, linear warmup 1 epoch then linear "
@@ -168,15 +228,21 @@ def main(argv=None):
                f"{t.label_smoothing}, clip {t.grad_clip}, dropout {t.dropout}, RandAugment ops "
                f"{t.randaug_ops}, top-{t.top_k}, cf {t.capacity_factor}, E={t.num_experts}, "
                f"aux {t.aux_weight}")
-    paths += write_table(out / "scaled_down", tiny_rows,
-                         "Scaled-down reproduction: ViT vs ViT-MoE vs WideNet at matched width",
+    stem = "scaled_down_cifar10" if cfg.data else "scaled_down"
+    paths += write_table(out / stem, tiny_rows,
+                         "Scaled-down reproduction: ViT vs ViT-MoE vs WideNet at matched width "
+                         "and matched (GAP + pre-logits) head",
                          seed=cfg.seed,
                          notes=["paper: arXiv 2107.11817 v3 Table 1, ImageNet-1K, 300 epochs",
                                 f"ours: {setting}",
                                 "the paper's setting and ours differ in data, model size and "
                                 "schedule (a few hundred CPU steps): these numbers do not "
                                 "test the paper's ImageNet claims",
-                                "train s: wall time on a CPU shared with other jobs"])
+                                "train s: wall time on a CPU shared with other jobs",
+                                f"seeds {cfg.seed}..{cfg.seed + cfg.seeds - 1}; std over seeds; "
+                                f"accuracy vs epoch in {stem}.png"])
+    paths += (plot_curves(curves, out / f"{stem}.png",
+                          "val top-1 vs epoch (mean +- std over seeds)"),)
     if not cfg.smoke and not cfg.out:
         copy_tables_to_readme(README, RESULTS)
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -8,11 +8,13 @@ shared training core.
     torchrun --standalone --nproc-per-node 8 -m widenet.train --preset widenet_l \\
         --data /path/to/imagenet --mode expert --expert_ranks 4     # 4 experts over 4 ranks, dp 2
 
-Recipe: LAMB (timm) with weight decay on all parameters (each shared parameter passed once, one
-trust ratio per expert and weight as in the official code), clipping by the global norm, linear
-warm-up ``min_lr -> lr`` then linear decay to ``min_lr`` (``--schedule linear``), mixup
-Beta(a, a) on every batch with label smoothing and soft-target cross-entropy, RandAugment(2, 15)
-in the data pipeline, loss = CE + aux_weight * (load-balancing loss summed over all MoE
+Recipe, through timm: LAMB (``timm.optim.Lamb``, trust ratio always applied) with weight decay
+on all parameters (each shared parameter passed once, one trust ratio per expert and weight as in
+the official code), clipping by the global norm, linear warm-up ``min_lr -> lr`` then linear decay
+to ``min_lr`` (``--schedule linear``, a ``timm.scheduler`` in the core), mixup Beta(a, a) on every
+batch with one lambda per sample (``timm.data.Mixup``, as the official ``mix_up``) with label
+smoothing and ``SoftTargetCrossEntropy``, RandAugment(2, 15) in the data pipeline
+(``timm.data.create_transform``), loss = CE + aux_weight * (load-balancing loss summed over all MoE
 applications).
 
 Parallelism from outside the model: ``--mode data`` replicates it on every rank;
@@ -26,9 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
+from timm.data.mixup import mixup_target
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import Lamb
 from torch.utils.data import DataLoader
 
 from shared.data import EpochSampler
@@ -49,6 +56,8 @@ def build_model(cfg: Config, num_classes: int):
     kw = dict(img_size=cfg.img_size, num_classes=num_classes, dropout=cfg.dropout)
     if cfg.patch_size:
         kw["patch_size"] = cfg.patch_size
+    if cfg.pool:
+        kw["pool"] = cfg.pool
     if "moe" in cfg.model or "widenet" in cfg.model:
         kw.update(num_experts=cfg.num_experts, top_k=cfg.top_k,
                   capacity_factor=cfg.capacity_factor)
@@ -67,21 +76,34 @@ def head_classes(cfg: Config, data_classes: int) -> int:
     return cfg.num_classes
 
 
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-
-
-def mix(images, labels, num_classes, cfg: Config):
-    """Mixup with lambda ~ Beta(a, a) on every batch (batch mixed with its reverse), and label
-    smoothing; returns images and soft targets. ``mixup_alpha = 0``: smoothing only."""
-    off = cfg.label_smoothing / num_classes
-    target = torch.full((len(labels), num_classes), off, device=images.device)
-    target.scatter_(1, labels[:, None], 1.0 - cfg.label_smoothing + off)
+def build_mixup(cfg: Config, num_classes: int):
+    """The official mixup through timm: a lambda ~ Beta(a, a) drawn *per sample* on every batch
+    (the official ``mix_up`` samples ``batch_size`` lambdas), with label smoothing folded into the
+    soft targets (smoothing commutes with mixing). ``mixup_alpha = 0``: smoothing only.
+    Returns ``f(images, labels) -> (images, soft targets)``."""
     if cfg.mixup_alpha <= 0:
-        return images, target
-    lam = float(torch.distributions.Beta(cfg.mixup_alpha, cfg.mixup_alpha).sample())
-    return (lam * images + (1 - lam) * images.flip(0),
-            lam * target + (1 - lam) * target.flip(0))
+        return lambda x, y: (x, mixup_target(y, num_classes, 1.0, cfg.label_smoothing))
+    return Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=0.0, prob=1.0, switch_prob=0.0,
+                 mode="elem", label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+
+
+def build_optimizer(model, cfg: Config):
+    """timm's LAMB with the trust ratio applied to every parameter, with or without weight
+    decay (``always_adapt``; timm skips it for wd 0 otherwise, which is not LAMB), weight decay on
+    all parameters (official ``weight_decay_rate`` on all variables), beta2 0.999; the core
+    clips by the global norm, so LAMB's own clipping is off."""
+    return Lamb(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999),
+                weight_decay=cfg.weight_decay, max_grad_norm=None, always_adapt=True)
+
+
+def loader_options(workers: int, device) -> dict:
+    """DataLoader workers and pinned memory: ``workers < 0`` = 8 workers per process on CUDA
+    (fewer if the CPUs are fewer), 0 on CPU (resume is bit-exact with any fixed number)."""
+    cuda = torch.device(device).type == "cuda"
+    if workers < 0:
+        per_proc = (os.cpu_count() or 1) // max(1, torch.cuda.device_count() if cuda else 1)
+        workers = min(8, max(0, per_proc - 1)) if cuda else 0
+    return dict(num_workers=workers, pin_memory=cuda)
 
 
 @torch.no_grad()
@@ -104,12 +126,12 @@ def evaluate(model, val_set, batch_size: int, device, groups=(), rank: int = 0, 
         raise ConfigError(f"the validation set ({len(val_set)} images) is smaller than the "
                           f"{per} routing groups of one evaluation batch; use more images")
     sampler = EpochSampler(len(val_set), bs, shuffle=False, rank=rank, world=world)
-    loader = DataLoader(val_set, batch_sampler=sampler, num_workers=workers,
-                        generator=torch.Generator())     # leaves the global RNG alone
+    loader = DataLoader(val_set, batch_sampler=sampler, generator=torch.Generator(),
+                        **loader_options(workers, device))    # leaves the global RNG alone
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     for _, (x, y) in zip(range(sampler.batches_per_epoch), loader):
         for xc, yc in zip(x.chunk(chunks), y.chunk(chunks)):
-            xc, yc = xc.to(device), yc.to(device)
+            xc, yc = xc.to(device, non_blocking=True), yc.to(device, non_blocking=True)
             logits = model(xc).logits.float()
             sums += torch.stack([(logits.argmax(-1) == yc).sum().double(),
                                  F.cross_entropy(logits, yc, reduction="sum").double(),
@@ -177,9 +199,9 @@ class WideNetTask(Task):
         self.checkpoint_per_rank = self.expert_group is not None and self.expert_group.size > 1
         seed_everything(cfg.seed + 1000 * env.rank)      # own dropout/noise/mixup/aug per rank
 
-        from timm.optim import Lamb
-        self.optimizer = Lamb(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999),
-                              weight_decay=cfg.weight_decay, max_grad_norm=None)
+        self.optimizer = build_optimizer(model, cfg)
+        self.mix = build_mixup(cfg, self.num_classes)
+        self.loss_fn = SoftTargetCrossEntropy()
         self.best_acc = 0.0
 
     # ---- the parallel plans (widenet.parallel)
@@ -196,16 +218,20 @@ class WideNetTask(Task):
                                rank=env.rank, world=env.world_size).seek(start_step)
         # created here, not lazily: creating the iterator draws from the global RNG
         loader = iter(DataLoader(self.train_set, batch_sampler=sampler,
-                                 num_workers=self.cfg.workers))
-        return ((x.to(env.device), y.to(env.device)) for x, y in loader)
+                                 **loader_options(self.cfg.workers, env.device)))
+        return ((x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True))
+                for x, y in loader)
 
     def step(self, batch, step: int) -> StepOutput:
         cfg = self.cfg
-        images, target = mix(*batch, self.num_classes, cfg)
+        images, target = self.mix(*batch)
         out = self.model(images)
-        ce = soft_cross_entropy(out.logits, target)
+        ce = self.loss_fn(out.logits.float(), target)
         loss = ce + cfg.aux_weight * out.aux_loss
         metrics = {"loss": loss.detach(), "ce": ce.detach(), "aux": out.aux_loss.detach()}
+        skipped = getattr(self.train_set, "skipped", None)
+        if skipped is not None:   # unreadable images skipped so far (--skip_bad_images)
+            metrics["skipped_images"] = float(skipped.sum())
         if out.dropped:          # fraction of dropped assignments: mean and worst MoE call
             dropped = torch.stack(out.dropped)
             metrics.update(dropped=dropped.mean(), dropped_max=dropped.max())
@@ -236,9 +262,13 @@ class WideNetTask(Task):
 def main(argv=None) -> dict:
     cfg = parse_args(Config, PRESETS, argv, paper="widenet")
     env = start(cfg)
+    from .nlp import is_nlp, run_nlp                # the NLP half (paper v3)
+    if is_nlp(cfg.model):
+        return run_nlp(cfg, env)
     task = WideNetTask(cfg, env)
     summary = fit(task.cfg, task)
-    summary.update(model=task.cfg.model, params=task.n_params)
+    summary.update(model=task.cfg.model, params=task.n_params,
+                   steps_per_epoch=len(task.train_set) // task.cfg.batch_size)
     if "val_acc" in summary:
         log0(f"{task.cfg.model}: val top-1 {100 * summary['val_acc']:.2f}% (best "
              f"{100 * summary['best_acc']:.2f}%), {task.n_params / 1e6:.3f}M params, "

@@ -41,7 +41,9 @@ def test_registry_lists_paper_and_tiny_models():
     names = list_models()
     for name in list(PAPER_PARAMS_M) + ["vit_tiny", "vit_moe_tiny", "widenet_tiny"]:
         assert name in names
-    assert list_models("widenet_*") == ["widenet_b", "widenet_h", "widenet_l", "widenet_tiny"]
+    assert list_models("widenet_*") == ["widenet_b", "widenet_h", "widenet_l", "widenet_nlp_e16",
+                                        "widenet_nlp_e4", "widenet_nlp_e8", "widenet_nlp_tiny",
+                                        "widenet_tiny"]
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_PARAMS_M))

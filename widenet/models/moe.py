@@ -14,11 +14,19 @@ the official TF code (XueFuzhao/WideNet_Code), see ../shared/papers/widenet.md:
   of expert i and ``c_i`` the fraction of the top-k assignments that go to expert i, counted
   *before* dropping (so ``sum_i c_i = 1`` and ``l = 1`` at perfect balance).
 
-Dispatch and combine are vectorised: every (token, choice) assignment gets a flat slot index
-``expert * C + position``; ``index_add`` scatters tokens into an ``(E, C, d)`` buffer that the
-experts process (one matmul pair per expert), and a gather brings the results back. The experts are a
-submodule (``self.experts``) that maps ``(E, C, d) -> (E, C, d)``, so expert parallelism can swap
-it for an all-to-all version from outside (``widenet.parallel``) without touching this file.
+Mixed precision: the router (logits, noise, softmax, top-k) and the load-balancing loss run in
+fp32 with autocast turned off, whatever the surrounding precision; dispatch, the experts and the
+combine run in the activation dtype (bf16 under ``torch.autocast``), and the output has the input's
+dtype, so it joins the residual stream unchanged.
+
+Dispatch and combine are vectorised, with no Python loop over tokens or experts in the hot path:
+every (token, choice) assignment gets a flat slot ``expert * C + position`` (dropped ones a sink
+row ``E * C``); one ``index_copy`` scatters the tokens into an ``(E * C + 1, d)`` buffer whose
+first ``E * C`` rows are viewed as ``(E, C, d)``; the experts run as two batched matmuls
+(``baddbmm`` over the E experts, capacity-padded); one gather brings each assignment's output back
+and the weighted top-k outputs are summed per token. The experts are a submodule
+(``self.experts``) mapping ``(E, C, d) -> (E, C, d)``, so expert parallelism can swap it for an
+all-to-all version from outside (``widenet.parallel``) without touching this file.
 """
 from __future__ import annotations
 
@@ -79,14 +87,16 @@ class Experts(nn.Module):
             nn.init.uniform_(w, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (n, C, d) -> (n, C, d); slice j goes to expert ids[j]
-        out = []
-        for j, e in enumerate(self.ids):
-            k = str(e)
-            h = self.drop(F.gelu(torch.addmm(self.b1[k], x[j], self.w1[k])))   # (C, f)
-            y = torch.addmm(self.b2[k], h, self.w2[k])                           # (C, d)
-            out.append(F.gelu(y) if self.second_gelu else y)
-        return self.drop(torch.stack(out))
+        # x: (n, C, d) -> (n, C, d); slice j goes to expert ids[j]. The per-expert parameters are
+        # stacked (n, d, f) so that all experts run as one batched matmul (baddbmm).
+        keys = [str(e) for e in self.ids]
+        w1 = torch.stack([self.w1[k] for k in keys])                      # (n, d, f)
+        b1 = torch.stack([self.b1[k] for k in keys]).unsqueeze(1)         # (n, 1, f)
+        w2 = torch.stack([self.w2[k] for k in keys])                      # (n, f, d)
+        b2 = torch.stack([self.b2[k] for k in keys]).unsqueeze(1)         # (n, 1, d)
+        h = self.drop(F.gelu(torch.baddbmm(b1, x, w1)))                    # (n, C, f)
+        y = torch.baddbmm(b2, h, w2)                                      # (n, C, d)
+        return self.drop(F.gelu(y) if self.second_gelu else y)
 
 
 class TopKRouter(nn.Module):
@@ -101,12 +111,14 @@ class TopKRouter(nn.Module):
         self.noise_std = 1.0 / num_experts if noise_std is None else noise_std
 
     def forward(self, tokens: torch.Tensor):
-        # tokens: (T, d) -> probs (T, E) in fp32, top-k (T, k) probabilities and expert ids
-        logits = F.linear(tokens.float(), self.weight.float())
-        if self.training and self.noise_std > 0:
-            logits = logits + torch.randn_like(logits) * self.noise_std
-        probs = logits.softmax(dim=-1)
-        top_p, top_idx = probs.topk(self.top_k, dim=-1)
+        # tokens: (T, d) -> probs (T, E), top-k (T, k) probabilities and expert ids, all fp32:
+        # autocast is off here, so a bf16 step routes exactly as an fp32 one would
+        with torch.autocast(tokens.device.type, enabled=False):
+            logits = F.linear(tokens.float(), self.weight.float())
+            if self.training and self.noise_std > 0:
+                logits = logits + torch.randn_like(logits) * self.noise_std
+            probs = logits.softmax(dim=-1)
+            top_p, top_idx = probs.topk(self.top_k, dim=-1)
         return probs, top_p, top_idx
 
 
@@ -123,11 +135,39 @@ def assign_slots(top_idx: torch.Tensor, num_experts: int, capacity: int):
 
 
 def load_balance_loss(probs: torch.Tensor, mask: torch.Tensor, top_k: int) -> torch.Tensor:
-    """``E * sum_i m_i c_i``; m: mean probability (T, E)->(E), c: pre-drop share of assignments."""
+    """``E * sum_i m_i c_i`` in fp32; m: mean probability (T, E)->(E), c: pre-drop share of the
+    assignments."""
     num_tokens, num_experts = probs.shape
-    m = probs.mean(dim=0)
-    c = mask.float().sum(dim=0) / (num_tokens * top_k)
-    return num_experts * (m * c).sum()
+    with torch.autocast(probs.device.type, enabled=False):
+        m = probs.float().mean(dim=0)
+        c = mask.float().sum(dim=0) / (num_tokens * top_k)
+        return num_experts * (m * c).sum()
+
+
+def activation_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls produce here: autocast's lower precision when it is on, else x's."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+def dispatch(tokens: torch.Tensor, slot: torch.Tensor, num_experts: int, capacity: int,
+             dtype: torch.dtype) -> torch.Tensor:
+    """Scatter the assignments into the expert buffers: tokens (T, d), slot (T, k) flat slot
+    ids (dropped: ``E * C``) -> (E, C, d) in ``dtype``, empty slots zero."""
+    T, k = slot.shape
+    d = tokens.shape[-1]
+    src = tokens.to(dtype).unsqueeze(1).expand(T, k, d).reshape(T * k, d)
+    buffer = src.new_zeros(num_experts * capacity + 1, d).index_copy(0, slot.reshape(-1), src)
+    return buffer[:-1].view(num_experts, capacity, d)              # the sink row is dropped
+
+
+def combine(out: torch.Tensor, slot: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Gather every assignment's expert output and sum them per token, weighted: out (E, C, d),
+    slot (T, k) (dropped assignments may point anywhere), weight (T, k) (0 for dropped) ->
+    (T, d) in out's dtype."""
+    T, k = slot.shape
+    picked = out.reshape(-1, out.shape[-1]).index_select(0, slot.reshape(-1))   # (T*k, d)
+    return torch.einsum("tkd,tk->td", picked.view(T, k, -1), weight.to(out.dtype))
 
 
 class MoE(nn.Module):
@@ -160,27 +200,23 @@ class MoE(nn.Module):
         self.router = TopKRouter(dim, num_experts, top_k, noise_std)
         self.experts = Experts(num_experts, dim, hidden, dropout, second_gelu)
 
+    def route(self, tokens: torch.Tensor, capacity: int):
+        """fp32 routing of tokens (T, d): (slot (T, k) with dropped assignments at ``E * C``,
+        keep (T, k), top_p (T, k), aux loss)."""
+        probs, top_p, top_idx = self.router(tokens)                    # (T, E), (T, k), (T, k)
+        mask, position, keep = assign_slots(top_idx, self.num_experts, capacity)
+        aux = load_balance_loss(probs, mask, self.top_k)
+        slot = torch.where(keep, top_idx * capacity + position, self.num_experts * capacity)
+        return slot, keep, top_p, aux
+
     def forward(self, x: torch.Tensor):
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])                              # (T, d)
-        num_tokens, d = tokens.shape
-        E, k = self.num_experts, self.top_k
-        C = expert_capacity(num_tokens, E, k, self.capacity_factor)
-
-        probs, top_p, top_idx = self.router(tokens)                    # (T, E), (T, k), (T, k)
-        mask, position, keep = assign_slots(top_idx, E, C)
-        aux = load_balance_loss(probs, mask, k)
-
-        # dispatch: scatter kept assignments into an (E*C, d) buffer
-        keep = keep.reshape(-1)                                        # (T*k,)
-        slot = (top_idx * C + position).reshape(-1)[keep]              # (A,) flat slot ids
-        token_id = torch.arange(num_tokens, device=x.device).repeat_interleave(k)[keep]  # (A,)
-        buffer = tokens.new_zeros(E * C, d).index_add(0, slot, tokens[token_id])
-        out = self.experts(buffer.view(E, C, d)).reshape(E * C, d)    # (E*C, d)
-        out = out.to(tokens.dtype)              # bf16 under autocast; the residual stream is not
-
-        # combine: weight each expert output by its raw router probability, sum per token
-        weight = top_p.reshape(-1)[keep].to(out.dtype).unsqueeze(1)  # (A, 1)
-        y = tokens.new_zeros(num_tokens, d).index_add(0, token_id, out[slot] * weight)
+        C = expert_capacity(tokens.shape[0], self.num_experts, self.top_k, self.capacity_factor)
+        slot, keep, top_p, aux = self.route(tokens, C)
+        buffer = dispatch(tokens, slot, self.num_experts, C, activation_dtype(tokens))
+        out = self.experts(buffer)                                     # (E, C, d)
+        # a dropped assignment reads slot 0 with weight 0: its branch adds nothing
+        y = combine(out, torch.where(keep, slot, 0), top_p * keep)     # (T, d)
         dropped = 1.0 - keep.float().mean()
-        return y.view(shape), MoEStats(aux, dropped.detach(), C)
+        return y.to(x.dtype).view(shape), MoEStats(aux, dropped.detach(), C)

@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from timm.layers import Attention, PatchEmbed
+
 from .moe import MoE
 
 
@@ -43,48 +45,35 @@ def glorot_(linear: nn.Linear) -> nn.Linear:
     return linear
 
 
-class PatchEmbed(nn.Module):
-    """Image (B, 3, H, W) -> patch tokens (B, H/p * W/p, d) by a p x p conv with stride p."""
-
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, dim: int):
-        super().__init__()
-        if img_size % patch_size:
-            raise ValueError(f"image size {img_size} is not divisible by the patch size "
-                             f"{patch_size}; choose an image size that is a multiple of it")
-        self.img_size, self.patch_size = img_size, patch_size
-        self.num_patches = (img_size // patch_size) ** 2
-        self.proj = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size)
-        nn.init.xavier_uniform_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(f"expected {self.img_size}x{self.img_size} images, got "
-                             f"{tuple(x.shape[-2:])}; resize the data or set img_size")
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, d)
+def patch_embed(img_size: int, patch_size: int, in_chans: int, dim: int) -> nn.Module:
+    """timm's ``PatchEmbed``: image (B, 3, H, W) -> patch tokens (B, H/p * W/p, d) by a p x p conv
+    with stride p (the official embedding), Glorot-uniform kernel, zero bias."""
+    if img_size % patch_size:
+        raise ValueError(f"image size {img_size} is not divisible by the patch size "
+                         f"{patch_size}; choose an image size that is a multiple of it")
+    embed = PatchEmbed(img_size, patch_size, in_chans, dim)
+    embed.patch_size = patch_size                                   # an int, as in the config
+    nn.init.xavier_uniform_(embed.proj.weight)
+    nn.init.zeros_(embed.proj.bias)
+    return embed
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention, Q/K/V/O with biases: (B, N, d) -> (B, N, d)."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"width {dim} is not divisible by {heads} heads")
-        self.heads = heads
-        self.qkv = glorot_(nn.Linear(dim, 3 * dim))
-        self.proj = glorot_(nn.Linear(dim, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, d = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)                                   # each (B, h, N, d/h)
-        y = F.scaled_dot_product_attention(q, k, v)               # (B, h, N, d/h)
-        return self.proj(y.transpose(1, 2).reshape(B, N, d))
+def attention(dim: int, heads: int) -> nn.Module:
+    """timm's ``Attention`` (fused scaled-dot-product, Q/K/V/O with biases, no attention dropout):
+    the official multi-head attention, Glorot-uniform kernels, zero biases."""
+    if dim % heads:
+        raise ValueError(f"width {dim} is not divisible by {heads} heads")
+    attn = Attention(dim, num_heads=heads, qkv_bias=True)
+    glorot_(attn.qkv)
+    glorot_(attn.proj)
+    return attn
 
 
 class Mlp(nn.Module):
-    """Dense FFN ``Dense(d->f) GELU Drop Dense(f->d) [GELU] Drop`` (official Keras ``mlp()``)."""
+    """Dense FFN ``Dense(d->f) GELU Drop Dense(f->d) [GELU] Drop`` (official Keras ``mlp()``).
+
+    Written here, not timm's ``Mlp``: the official FFN has a GELU after the second Dense too,
+    which timm's does not."""
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.1, second_gelu: bool = True):
         super().__init__()
@@ -144,14 +133,14 @@ class VisionTransformer(nn.Module):
         if not 0 <= num_moe_layers <= depth:
             raise ValueError(f"num_moe_layers={num_moe_layers} must be between 0 and depth={depth}")
         self.pool = pool
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, dim)
+        self.patch_embed = patch_embed(img_size, patch_size, in_chans, dim)
         self.register_buffer("cls_token", torch.zeros(1, 1, dim))  # constant zero, not trained
         self.pos_embed = nn.Parameter(torch.empty(1, self.patch_embed.num_patches + 1, dim))
         nn.init.normal_(self.pos_embed, std=0.02)
         self.pos_drop = nn.Dropout(dropout)
 
         def make_attn():
-            return Attention(dim, heads)
+            return attention(dim, heads)
 
         def make_ffn(i):
             if i >= depth - num_moe_layers:
