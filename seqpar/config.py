@@ -16,11 +16,18 @@ from shared.train.config import ConfigError, TrainConfig
 class Config(TrainConfig):
     MODES = ("seq",)
     """sequence parallel over ``--seq_parallel`` ranks × data parallel over the rest"""
-    FIXED_ON_RESUME = ("hidden", "heads", "layers", "ffn", "dropout", "attn_dropout", "max_bytes",
+    FIXED_ON_RESUME = ("model", "hidden", "heads", "layers", "ffn", "dropout", "attn_dropout", "max_bytes",
                        "seq_len", "mask_prob", "min_len_fraction")
 
+    model: str = "bert"
+    """bert: BERT MLM (the paper's); gpt: a GPT-style causal LM (next-token prediction)"""
     seq_parallel: int = 0
     """ranks per sequence group N; 0 = all ranks (no data parallelism)"""
+    attention: str = "rsa"
+    """rsa: Ring Self-Attention (the paper's); ulysses: all-to-all over heads"""
+    layout: str = ""
+    """placement of the tokens over the ranks: contiguous or zigzag; "" = zigzag for gpt
+    (equal causal work per rank), contiguous for bert"""
     lean: bool = False
     """memory-lean log-sum-exp attention instead of the paper's RSA"""
     overlap: bool = True
@@ -56,6 +63,15 @@ class Config(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        choices = {"model": ("bert", "gpt"), "attention": ("rsa", "ulysses"),
+                   "layout": ("", "contiguous", "zigzag")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ConfigError(f"--{name} {getattr(self, name)!r}: choose one of "
+                                  f"{', '.join(v for v in valid if v)}")
+        if self.lean and self.attention != "rsa":
+            raise ConfigError("--lean true is a mode of ring attention; drop it with "
+                              "--attention ulysses")
         if self.seq_parallel < 0:
             raise ConfigError(f"--seq_parallel must be >= 0 (0 = all ranks); got "
                               f"{self.seq_parallel}")
@@ -76,6 +92,12 @@ class Config(TrainConfig):
         if not 0.0 < self.min_len_fraction <= 1.0:
             raise ConfigError(f"--min_len_fraction must be in (0, 1]; got "
                               f"{self.min_len_fraction}")
+
+
+    @property
+    def placement(self) -> str:
+        """The layout in use (``--layout``, or the model's default)."""
+        return self.layout or ("zigzag" if self.model == "gpt" else "contiguous")
 
 
 PRESETS = {

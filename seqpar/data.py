@@ -24,14 +24,14 @@ class MLMData:
     """MLM batches of one corpus. Token ids ``vocab`` and ``vocab+1`` are ``[MASK]``/``[PAD]``."""
 
     def __init__(self, corpus: Corpus, seq_len: int, mask_prob: float = 0.15,
-                 min_len_fraction: float = 1.0, seed: int = 0):
+                 min_len_fraction: float = 1.0, seed: int = 0, causal: bool = False):
         if not 0.0 < mask_prob < 1.0:
             raise UsageError(f"--mask_prob must be in (0, 1); got {mask_prob}")
         if not 0.0 < min_len_fraction <= 1.0:
             raise UsageError(f"--min_len_fraction must be in (0, 1]; got {min_len_fraction}")
         self.corpus, self.seq_len, self.mask_prob = corpus, seq_len, mask_prob
         self.min_len = max(1, math.ceil(min_len_fraction * seq_len))
-        self.seed = seed
+        self.seed, self.causal = seed, causal
         self.mask_id, self.pad_id = corpus.vocab_size, corpus.vocab_size + 1
         self.vocab_size = corpus.vocab_size + 2
         for split in ("train", "val"):
@@ -43,7 +43,8 @@ class MLMData:
     @classmethod
     def from_config(cls, cfg) -> "MLMData":
         corpus = load_corpus(cfg.data or None, max_bytes=cfg.max_bytes)
-        return cls(corpus, cfg.seq_len, cfg.mask_prob, cfg.min_len_fraction, cfg.seed)
+        return cls(corpus, cfg.seq_len, cfg.mask_prob, cfg.min_len_fraction, cfg.seed,
+                   causal=getattr(cfg, "model", "bert") == "gpt")
 
     def num_items(self, split: str) -> int:
         """Disjoint windows in a split."""
@@ -54,9 +55,12 @@ class MLMData:
 
         Returns ``ids`` [B, L] int64 (masked, padded), ``key_mask`` [B, L] bool (True = real
         token) and ``labels`` [B, L] int64 (the original token at targets, −100 elsewhere).
+        With ``causal`` (the GPT model): the window, no padding, and the next tokens as labels.
         """
-        x, _ = self.corpus.lm_batch(split, items.long() * self.seq_len, self.seq_len)  # [B, L]
+        x, y = self.corpus.lm_batch(split, items.long() * self.seq_len, self.seq_len)  # [B, L]
         b, length = x.shape
+        if self.causal:             # causal LM: next-token targets everywhere, no padding
+            return x, torch.ones(b, length, dtype=torch.bool), y
         gen = torch.Generator().manual_seed(self.seed * 7_919 + key)
         lengths = torch.randint(self.min_len, length + 1, (b,), generator=gen)
         key_mask = torch.arange(length)[None, :] < lengths[:, None]

@@ -75,7 +75,8 @@ def main(argv=None) -> dict:
         raise UsageError(f"{run} holds per-rank checkpoints, but seqpar saves one replicated "
                          f"checkpoint.pt; is it a run of another paper?")
     env = start(cfg)
-    n = check_layout(args.seq_parallel, env.world_size, cfg.seq_len)
+    n = check_layout(args.seq_parallel, env.world_size, cfg.seq_len, cfg.placement,
+                     cfg.heads if cfg.attention == "ulysses" else 0)
     topo = build_topology("seq", grid_size=n)
     data = MLMData.from_config(cfg)
     state = load_checkpoint(files[0], map_location=env.device)
@@ -90,7 +91,8 @@ def main(argv=None) -> dict:
                          f"same tokenizer")
     model = build_model(cfg, data.vocab_size).to(env.device)
     model.load_state_dict(weights)
-    sp = SequenceParallelBert(model, topo, lean=cfg.lean, overlap=cfg.overlap, seed=cfg.seed)
+    sp = SequenceParallelBert(model, topo, lean=cfg.lean, overlap=cfg.overlap, seed=cfg.seed,
+                              attention=cfg.attention, layout=cfg.placement)
     metrics = evaluate(sp, validation_batches(data, cfg), env.device)
     log0(f"seqpar eval: step {state['step']}, val loss {metrics['val_loss']:.4f}, "
          f"val acc {metrics['val_acc']:.3f} ({cfg.eval_batches} batches of {cfg.batch_size} x "

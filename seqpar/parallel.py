@@ -40,7 +40,9 @@ from shared.parallel.topology import Group, Topology
 from shared.train.gradients import GradSync, NormPart
 
 from .models.bert import BertMLM, mlm_loss_terms
-from .parallel_rsa import check_sequence_split, ring_self_attention
+from .parallel_rsa import (check_sequence_split, layout_positions, ring_self_attention,
+                           to_layout)
+from .parallel_ulysses import check_heads, ulysses_attention
 
 
 # ----------------------------------------------------------------------------------------------
@@ -48,10 +50,11 @@ from .parallel_rsa import check_sequence_split, ring_self_attention
 
 
 class ChunkPositions:
-    """Style for the embedding: position ids of the local chunk become absolute, ``n·c + i``."""
+    """Style for the embedding: position ids of the local chunk become absolute: ``n·c + i``
+    (contiguous layout) or the chunk's slots of :func:`layout_positions` (zigzag)."""
 
-    def __init__(self, group: Group):
-        self.group = group
+    def __init__(self, group: Group, layout: str = "contiguous"):
+        self.group, self.layout = group, layout
 
     def __call__(self, name: str, module: nn.Module) -> nn.Module:
         old = getattr(module, "_chunk_positions", None)
@@ -62,34 +65,53 @@ class ChunkPositions:
 
     def _shift(self, module, args):
         ids, positions = args                         # [B, c], [c]
-        positions = positions + self.group.rank * ids.shape[1]
-        limit = module.position.num_embeddings
-        if int(positions[-1]) >= limit:
-            raise UsageError(f"position {int(positions[-1])} exceeds the model's max_len {limit}; "
+        c, n = ids.shape[1], self.group.size
+        if self.layout == "contiguous":
+            positions = positions + self.group.rank * c
+        else:
+            rows = slice(self.group.rank * c, (self.group.rank + 1) * c)
+            positions = layout_positions(c * n, n, self.layout, positions.device)[rows]
+        limit, largest = module.position.num_embeddings, int(positions.max())
+        if largest >= limit:
+            raise UsageError(f"position {largest} exceeds the model's max_len {limit}; "
                              f"use a sequence of at most {limit} tokens (--seq_len)")
         return ids, positions
 
 
 class RingAttention:
-    """Style for an attention layer: its core becomes Ring Self-Attention over ``group``."""
+    """Style for an attention layer: its core becomes Ring Self-Attention over ``group``
+    (``attention="ulysses"``: all-to-all over heads, :mod:`seqpar.parallel_ulysses`). Masks
+    reach the core in layout order; the layout's positions give the causal order."""
 
-    def __init__(self, group: Group, lean: bool = False, overlap: bool = True):
-        self.core = functools.partial(ring_self_attention, group=group, lean=lean, overlap=overlap)
+    def __init__(self, group: Group, lean: bool = False, overlap: bool = True,
+                 attention: str = "rsa", layout: str = "contiguous"):
+        if attention == "ulysses":
+            self.core = functools.partial(ulysses_attention, group=group)
+        else:
+            self.core = functools.partial(ring_self_attention, group=group, lean=lean,
+                                          overlap=overlap)
+        self.group, self.layout = group, layout
 
     def __call__(self, name: str, module: nn.Module) -> nn.Module:
-        module.core = functools.partial(_core, self.core)
+        module.core = functools.partial(_core, self.core, self.group, self.layout)
         return module
 
 
-def _core(ring_core, q, k, v, key_mask, dropout_p):
-    return ring_core(q, k, v, key_mask=key_mask, dropout_p=dropout_p)
+def _core(core, group, layout, q, k, v, key_mask, dropout_p, causal=False):
+    n = group.size
+    positions = None if layout == "contiguous" else \
+        layout_positions(q.shape[2] * n, n, layout, q.device)
+    return core(q, k, v, key_mask=key_mask, dropout_p=dropout_p, causal=causal,
+                positions=positions)
 
 
-def sequence_parallel_plan(group: Group, lean: bool = False, overlap: bool = True) -> dict:
-    """How :class:`BertMLM` is distributed over a sequence group, keyed by module name."""
+def sequence_parallel_plan(group: Group, lean: bool = False, overlap: bool = True,
+                           attention: str = "rsa", layout: str = "contiguous") -> dict:
+    """How :class:`BertMLM` (or :class:`GPT`) is distributed over a sequence group, keyed by
+    module name."""
     return {
-        "embed": ChunkPositions(group),
-        "layers.*.attn": RingAttention(group, lean, overlap),
+        "embed": ChunkPositions(group, layout),
+        "layers.*.attn": RingAttention(group, lean, overlap, attention, layout),
     }
 
 
@@ -119,19 +141,31 @@ class SequenceParallelBert(nn.Module):
     """
 
     def __init__(self, model: BertMLM, topo: Topology, lean: bool = False, overlap: bool = True,
-                 seed: int = 0):
+                 seed: int = 0, attention: str = "rsa", layout: str = "contiguous"):
         super().__init__()
         if topo.mode != "seq":
             raise ValueError(f"SequenceParallelBert needs a 'seq' topology; got {topo.mode!r}")
         self.topo, self.seq, self.data = topo, topo["seq"], topo["data"]
-        self.model = apply_plan(model, sequence_parallel_plan(self.seq, lean, overlap))
+        if attention == "ulysses":
+            check_heads(model.cfg.heads, self.seq.size)
+        self.layout = layout
+        self.model = apply_plan(model, sequence_parallel_plan(self.seq, lean, overlap, attention,
+                                                              layout))
         self.seed = seed
         self.streams = RNGStreams(seed, topo.grid_rank, topo.coords["data"])
 
+    def to_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A full-sequence tensor ``[B, L, ...]`` in the order of the layout (dim 1)."""
+        n = self.seq.size
+        check_sequence_split(x.shape[1], n, self.layout)
+        if self.layout == "contiguous":
+            return x
+        return to_layout(x, layout_positions(x.shape[1], n, self.layout, x.device))
+
     def local_chunk(self, x: torch.Tensor) -> torch.Tensor:
         """This rank's chunk of a full-sequence tensor ``[B, L, ...]`` (dim 1)."""
-        c = check_sequence_split(x.shape[1], self.seq.size)
-        return x[:, self.seq.rank * c:(self.seq.rank + 1) * c]
+        c = check_sequence_split(x.shape[1], self.seq.size, self.layout)
+        return self.to_layout(x)[:, self.seq.rank * c:(self.seq.rank + 1) * c]
 
     def local_rows(self, x: torch.Tensor) -> torch.Tensor:
         """This data-parallel replica's rows of a global batch ``[B, ...]`` (dim 0)."""
@@ -154,6 +188,8 @@ class SequenceParallelBert(nn.Module):
         if key_mask is not None and tuple(key_mask.shape) != (b, length):
             raise UsageError(f"key mask must be [B, L] = [{b}, {length}] over the full sequence; "
                              f"got {tuple(key_mask.shape)}")
+        if key_mask is not None:
+            key_mask = self.to_layout(key_mask)
         with self.streams.fork("sharded"):
             return self.model(ids_local, key_mask)
 

@@ -129,11 +129,43 @@ def derive(s: Setting, m: dict, budget: float) -> dict:
                       [m[(s.b0, L)]["saved_bytes"] for L in s.seq_fit], 2)
     held = m[(s.b0, s.seq_check)]["saved_bytes"]
     seq_err = abs(np.polyval(coef, s.seq_check) - held) / held
-    a, b, c = coef
-    c -= budget - w
-    max_len = (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a) if b * b - 4 * a * c >= 0 else 0.0
-    return {"max_batch": max_batch, "max_len": max(0, int(max_len)),
+    return {"max_batch": max_batch, "max_len": max_length(coef, budget - w),
             "fit_err": max(batch_err, seq_err)}
+
+
+def _poly(coef, x: float) -> float:
+    a, b, c = (float(v) for v in coef)
+    return (a * x + b) * x + c
+
+
+def max_length(coef, limit: float) -> int:
+    """The largest integer L >= 0 with ``a·L² + b·L + c <= limit`` (``coef = (a, b, c)``, the
+    quadratic fit of memory in L), 0 when even L = 0 does not fit. A fit that is not convex
+    (``a <= 0``: memory linear in L, as in the lean mode, up to fitting noise) is read as the
+    line ``b·L + c``.
+
+    The root is taken in the numerically stable form (no subtraction of nearly equal numbers:
+    ``q = −(b + sign(b)·√disc)/2``, roots ``q/a`` and ``c/q``; the textbook formula loses digits
+    when ``b² ≫ |4ac|``), then corrected to the exact integer answer by evaluating the fit at
+    its neighbours."""
+    a, b, c = max(0.0, float(coef[0])), float(coef[1]), float(coef[2]) - limit
+    fit = (a, b, float(coef[2]))
+    if c > 0:
+        return 0
+    if a == 0.0:
+        if b <= 0:
+            raise ValueError(f"memory fit {tuple(coef)} does not grow with the length")
+        root = -c / b
+    else:
+        q = -0.5 * (b + math.copysign(math.sqrt(b * b - 4 * a * c), b))   # disc >= b² here
+        root = max(q / a, c / q if q else 0.0)
+    n = max(0, int(math.floor(root)))
+    for _ in range(4):                       # at most an ulp or two off: fix by evaluation
+        if n > 0 and _poly(fit, n) > limit:
+            n -= 1
+        elif _poly(fit, n + 1) <= limit:
+            n += 1
+    return n
 
 
 def memory_table(s: Setting, res: dict) -> list[dict]:
@@ -152,8 +184,8 @@ def memory_table(s: Setting, res: dict) -> list[dict]:
             d["max_len"] -= d["max_len"] % n if method != "tp" else 0
             derived[key] = d
             rows.append({"method": method, "N": n, "params/rank": m["params"],
+                         "peak MB/rank": m[(s.b0, s.l0)]["peak_bytes"] / 2 ** 20,
                          "saved MB": m[(s.b0, s.l0)]["saved_bytes"] / 2 ** 20,
-                         "peak MB (RSS growth)": m[(s.b0, s.l0)]["peak_bytes"] / 2 ** 20,
                          "max batch": d["max_batch"], "max seq len": d["max_len"],
                          "fit error": d["fit_err"], "note": ""})
     tp_best = max((d for (meth, _), d in derived.items() if meth == "tp"),

@@ -24,31 +24,40 @@ from shared.train import (StepOutput, Task, entry_point, fit, log0, parse_args,
 from .config import PRESETS, Config
 from .data import MLMData, validation_batches
 from .models.bert import BertConfig, BertMLM, mlm_loss_terms
+from .models.gpt import GPT
 from .parallel import SequenceParallelBert, mlm_loss
 from .parallel_rsa import check_sequence_split
+from .parallel_ulysses import check_heads
 
 
-def check_layout(seq_parallel: int, world_size: int, seq_len: int) -> int:
+def check_layout(seq_parallel: int, world_size: int, seq_len: int,
+                 layout: str = "contiguous", heads: int = 0) -> int:
     """The sequence-group size N (``--seq_parallel``, 0 = every rank), checked against the job's
     world size and the sequence length; the data-parallel replicas are ``world_size / N``."""
     n = seq_parallel or world_size
     if n > world_size or world_size % n:
         lower = n * (world_size // n)
         starts = f"{lower} or {lower + n}" if lower else f"{n} or {2 * n}"
-        fits = [d for d in range(1, world_size + 1) if world_size % d == 0 and seq_len % d == 0]
+        parts = 1 if layout == "contiguous" else 2          # zigzag: 2N chunks
+        fits = [d for d in range(1, world_size + 1)
+                if world_size % d == 0 and seq_len % (parts * d) == 0]
         near = sorted(sorted(fits, key=lambda d: abs(d - n))[:2])
         raise UsageError(
             f"--seq_parallel {n} does not divide this job's {world_size} process(es) (data "
             f"parallelism takes the rest): start {starts} processes, or use --seq_parallel "
             f"{' or '.join(map(str, near))}")
-    check_sequence_split(seq_len, n)
+    check_sequence_split(seq_len, n, layout)
+    if heads:                                        # all-to-all: heads split over the ranks
+        check_heads(heads, n)
     return n
 
 
 def build_model(cfg: Config, vocab_size: int) -> BertMLM:
-    """The serial model, initialised from ``cfg.seed`` (identical on every rank)."""
+    """The serial model (BERT, or GPT for ``--model gpt``), initialised from ``cfg.seed``
+    (identical on every rank)."""
     seed_everything(cfg.seed)
-    return BertMLM(BertConfig(vocab_size=vocab_size, hidden=cfg.hidden, heads=cfg.heads,
+    cls = GPT if cfg.model == "gpt" else BertMLM
+    return cls(BertConfig(vocab_size=vocab_size, hidden=cfg.hidden, heads=cfg.heads,
                               layers=cfg.layers, ffn=cfg.ffn, max_len=cfg.seq_len,
                               dropout=cfg.dropout, attn_dropout=cfg.attn_dropout))
 
@@ -89,7 +98,8 @@ class SeqparTask(Task):
 
     def __init__(self, cfg: Config, env):
         self.cfg, self.env = cfg, env
-        n = check_layout(cfg.seq_parallel, env.world_size, cfg.seq_len)
+        n = check_layout(cfg.seq_parallel, env.world_size, cfg.seq_len, cfg.placement,
+                         cfg.heads if cfg.attention == "ulysses" else 0)
         self.topo = build_topology("seq", grid_size=n)
         self.seq, self.data_group = self.topo["seq"], self.topo["data"]
         if cfg.batch_size % self.topo.dp_size:
@@ -105,14 +115,17 @@ class SeqparTask(Task):
                              f"--batch_size or --seq_len, or more data (--max_bytes)")
         self.model = build_model(cfg, self.data.vocab_size).to(env.device)
         self.sp = SequenceParallelBert(self.model, self.topo, lean=cfg.lean, overlap=cfg.overlap,
-                                       seed=cfg.seed)
+                                       seed=cfg.seed, attention=cfg.attention,
+                                       layout=cfg.placement)
         self.optimizer = build_optimizer(self.model, cfg)
         self.val = validation_batches(self.data, cfg)
 
     def describe(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
-        return (f"seqpar: {self.data.corpus.source}; {self.topo.dp_size} data x "
-                f"{self.seq.size} sequence; {'lean' if self.cfg.lean else 'RSA'} attention; "
+        attn = "all-to-all" if self.cfg.attention == "ulysses" else \
+            ("lean ring" if self.cfg.lean else "RSA")
+        return (f"seqpar: {self.cfg.model} on {self.data.corpus.source}; {self.topo.dp_size} "
+                f"data x {self.seq.size} sequence ({self.cfg.placement}); {attn} attention; "
                 f"{n / 1e6:.2f}M parameters")
 
     def grad_plans(self):

@@ -32,6 +32,7 @@ class BertConfig:
     dropout: float = 0.1
     attn_dropout: float = 0.1
     ln_eps: float = 1e-5
+    causal: bool = False            # True: a decoder (each token sees itself and the past)
 
     @property
     def head_dim(self) -> int:
@@ -48,20 +49,43 @@ def mask_value(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min
 
 
-def masked_scores(scores: torch.Tensor, key_mask: torch.Tensor | None,
-                  fill: float | None = None) -> torch.Tensor:
-    """Fill the entries of padded keys (default :func:`mask_value`).
-    scores: [B, Z, rows, cols]; key_mask: [B, cols] bool, True = attend."""
-    if key_mask is None:
+def allowed_keys(key_mask, q_pos, k_pos, causal: bool, q_docs=None, k_docs=None):
+    """Which keys each query may attend to, ``[B or 1, 1, rows, cols]`` bool (None = all).
+
+    key_mask: [B, cols] (True = a real key); q_pos [rows], k_pos [cols]: absolute positions
+    (causal: a key at a later position is hidden); q_docs [B, rows], k_docs [B, cols]: document
+    ids of packed sequences (a key of another document is hidden)."""
+    allowed = None
+
+    def both(a, b):
+        return b if a is None else a & b
+
+    if key_mask is not None:
+        allowed = key_mask[:, None, None, :]
+    if causal:
+        allowed = both(allowed, (q_pos[:, None] >= k_pos[None, :])[None, None])
+    if q_docs is not None:
+        allowed = both(allowed, (q_docs[:, None, :, None] == k_docs[:, None, None, :]))
+    return allowed
+
+
+def fill_hidden(scores: torch.Tensor, allowed, fill: float | None = None) -> torch.Tensor:
+    """Fill the hidden entries (``allowed`` False) of scores ``[B, Z, rows, cols]``."""
+    if allowed is None:
         return scores
     fill = mask_value(scores.dtype) if fill is None else fill
-    return scores.masked_fill(~key_mask[:, None, None, :], fill)
+    return scores.masked_fill(~allowed, fill)
 
 
-def dense_attention(q, k, v, key_mask=None, dropout_p: float = 0.0) -> torch.Tensor:
-    """Reference attention. q, k, v: [B, Z, L, A]; key_mask: [B, L] bool, True = attend."""
+def dense_attention(q, k, v, key_mask=None, dropout_p: float = 0.0, causal: bool = False,
+                    doc_ids=None) -> torch.Tensor:
+    """Reference attention. q, k, v: [B, Z, L, A]; key_mask: [B, L] bool, True = attend;
+    causal: query i sees keys j <= i; doc_ids: [B, L] document of each token (packed
+    sequences: no attention across documents)."""
     scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))   # [B, Z, L, L]
-    probs = torch.softmax(masked_scores(scores, key_mask), dim=-1)
+    pos = torch.arange(q.shape[2], device=q.device)
+    allowed = allowed_keys(key_mask, pos, pos, causal, doc_ids, doc_ids)
+    probs = torch.softmax(fill_hidden(scores, allowed), dim=-1)
     if dropout_p > 0:
         probs = F.dropout(probs, dropout_p, training=True)
     return probs @ v                                                      # [B, Z, L, A]
@@ -81,7 +105,7 @@ class Embeddings(nn.Module):
 class SelfAttention(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.heads, self.attn_dropout = cfg.heads, cfg.attn_dropout
+        self.heads, self.attn_dropout, self.causal = cfg.heads, cfg.attn_dropout, cfg.causal
         self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
         self.proj = nn.Linear(cfg.hidden, cfg.hidden)
         self.core = dense_attention                   # replaced from outside for parallelism
@@ -90,7 +114,7 @@ class SelfAttention(nn.Module):
         b, c, h = x.shape
         q, k, v = self.qkv(x).view(b, c, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
         p = self.attn_dropout if self.training else 0.0
-        out = self.core(q, k, v, key_mask, p)         # [B, Z, c, A]
+        out = self.core(q, k, v, key_mask, p, causal=self.causal)   # [B, Z, c, A]
         return self.proj(out.transpose(1, 2).reshape(b, c, h))
 
 

@@ -67,6 +67,7 @@ _RING_FACTOR = {
     "reduce": lambda g: (g - 1) / g,
     "all_to_all": lambda g: (g - 1) / g,
     "send": lambda g: 1.0,
+    "batch_p2p": lambda g: 1.0,
 }
 
 
@@ -366,6 +367,35 @@ class RingExchange:
             raise RuntimeError("RingExchange.wait called before start()")
         out, self._pending = self._pending.wait(), None
         return out
+
+
+def raw_batch_isend_irecv(sends, recvs, group: Group) -> Pending:
+    """Every send and receive of one exchange posted as ONE ``torch.distributed.batch_isend_irecv``
+    call (the safe form of a ring: with NCCL, separate isend/irecv calls whose order differs
+    between ranks can deadlock, NCCL issue 479), without waiting.
+
+    Args:
+        sends: ``[(tensor, dst), ...]``, destinations as ranks of ``group``.
+        recvs: ``[(like, src), ...]``: a buffer shaped like ``like`` is received from each ``src``.
+    Returns:
+        a :class:`Pending` whose ``wait()`` gives the list of received tensors, in ``recvs`` order.
+
+    Counted as one call of op ``"batch_p2p"``; the bytes sent are the sum of the sends.
+    """
+    if not _active(group):
+        if len(sends) != len(recvs):
+            raise ValueError("batch_isend_irecv on a group of one needs one receive per send")
+        return _done([x for x, _ in sends])
+    for x, _ in sends:
+        check_device(x, group, "batch_isend_irecv")
+    send = [(x.detach().contiguous(), dst) for x, dst in sends]
+    bufs = [torch.empty(like.shape, dtype=like.dtype, device=like.device) for like, _ in recvs]
+    _count(group, "batch_p2p", sum(_nbytes(x) for x, _ in send))
+    ops = [dist.P2POp(dist.isend, x, group.global_rank(dst), group=group.pg) for x, dst in send]
+    ops += [dist.P2POp(dist.irecv, buf, group.global_rank(src), group=group.pg)
+            for buf, (_, src) in zip(bufs, recvs)]
+    works = dist.batch_isend_irecv(ops) if ops else []
+    return Pending(works, lambda: bufs)
 
 
 def raw_ring_shift(x: torch.Tensor, group: Group, shift: int = 1) -> torch.Tensor:

@@ -67,7 +67,7 @@ def test_train_learns_resumes_exactly_and_eval_matches(tmp_path, corpus, capsys)
     curve = losses(tmp_path / "full")
     assert full["step"] == 8 and len(curve) == 8 and full["last_loss"] == curve[-1]
     # it learns: from about ln(258) = 5.55 at initialisation, well below within 8 steps
-    assert curve[0] > 5.0 and curve[-1] < curve[0] - 0.5, curve
+    assert curve[0] > 5.0 and curve[-1] < curve[0] - 0.3, curve
     assert (tmp_path / "full" / "curves.png").is_file()
     # interrupted at step 4, then `--resume RUN` alone: the saved config, the same losses and
     # weights (dropout on: its masks come from (seed, step, rank), not from saved RNG state)
@@ -97,6 +97,8 @@ def test_bad_command_lines_exit_2_with_one_line(tmp_path, corpus, capsys):
         (train.main, base + ["--mode", "2d"], "choose one of: seq"),
         (train.main, base + ["--seq_parallel", "2"], "start 2 or 4 processes"),
         (train.main, base + ["--heads", "5"], "not divisible by --heads 5"),
+        (train.main, base + ["--model", "llama"], "choose one of bert, gpt"),
+        (train.main, base + ["--attention", "ulysses", "--lean", "true"], "drop it"),
         (train.main, base + ["--lr", "fast"], "--lr expects float"),
         (train.main, base + ["--grad_clip", "-1"], "--grad_clip must be >= 0"),
         (train.main, base + ["--data", str(tmp_path / "missing")], "no corpus at"),
@@ -119,6 +121,10 @@ def test_layout_errors_name_distinct_valid_sizes():
     with pytest.raises(UsageError, match="pad or cut it to 24 or 26"):
         train.check_layout(0, 2, 25)
     assert train.check_layout(0, 4, 24) == 4 and train.check_layout(2, 4, 24) == 2
+    with pytest.raises(UsageError, match="zigzag layout over 4 ranks.*pad or cut it to 16 or 24"):
+        train.check_layout(0, 4, 20, "zigzag")
+    with pytest.raises(UsageError, match="3 heads over the 2 ranks.*use 1 or 3 ranks"):
+        train.check_layout(0, 2, 24, "contiguous", heads=3)
 
 
 def test_nan_loss_stops_with_one_line(tmp_path, corpus, capsys):
@@ -146,6 +152,13 @@ def layout_worker(env, common, root):
     run_train(drop + ["--run", "grid_full"])
     run_train(drop + ["--run", "grid_split", "--stop_at", "2"])
     run_train(["--resume", "grid_split", "--out_dir", root, "--quiet"])
+    gpt = common + ["--model", "gpt", "--heads", "4"]
+    run_train(gpt + ["--run", "gpt_zigzag4"])
+    run_train(gpt + ["--run", "gpt_contiguous4", "--layout", "contiguous"])
+    run_train(gpt + ["--run", "gpt_zigzag2x2", "--seq_parallel", "2"])
+    run_train(gpt + ["--run", "gpt_lean4", "--lean", "true"])
+    run_train(gpt + ["--run", "gpt_ulysses4", "--attention", "ulysses"])
+    run_train(common + ["--run", "bert_ulysses4", "--heads", "4", "--attention", "ulysses"])
     return out
 
 
@@ -157,6 +170,8 @@ def test_layouts_match_one_process_and_resume_on_the_grid(tmp_path, corpus):
     common = TINY + ["--data", corpus, "--out_dir", str(tmp_path), "--steps", "4",
                      "--dropout", "0", "--attn_dropout", "0"]
     ref = train.main(common + ["--run", "one"])
+    train.main(common + ["--run", "gpt_one", "--model", "gpt", "--heads", "4"])
+    train.main(common + ["--run", "bert_ulysses1", "--heads", "4"])
     out = spawn(layout_worker, 4, common, str(tmp_path))[0]
     curve = losses(tmp_path / "one")
     train.main(["--resume", "grid_stop", "--out_dir", str(tmp_path), "--quiet",
@@ -167,6 +182,14 @@ def test_layouts_match_one_process_and_resume_on_the_grid(tmp_path, corpus):
         assert got["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-5), name
         assert got["val_acc"] == pytest.approx(ref["val_acc"], abs=1e-9), name
     assert losses(tmp_path / "grid_split") == losses(tmp_path / "grid_full")
+    assert losses(tmp_path / "bert_ulysses4") == pytest.approx(losses(tmp_path / "bert_ulysses1"),
+                                                               rel=1e-5)
+    # the causal LM: zigzag and contiguous placement, 4 and 2 x 2 ranks, the lean ring and
+    # all-to-all all train like one process
+    gpt_curve = losses(tmp_path / "gpt_one")
+    assert gpt_curve[-1] < gpt_curve[0] - 0.3, gpt_curve
+    for run in ("gpt_zigzag4", "gpt_contiguous4", "gpt_zigzag2x2", "gpt_lean4", "gpt_ulysses4"):
+        assert losses(tmp_path / run) == pytest.approx(gpt_curve, rel=1e-5), run
     a, b = weights(tmp_path / "grid_full"), weights(tmp_path / "grid_split")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -203,7 +226,15 @@ def test_reproduce_and_bench_smoke(tmp_path):
     assert rows[("lean", 4)]["saved MB"] < rows[("rsa", 4)]["saved MB"]
     for name in ("smoke_memory", "smoke_weak_scaling", "smoke_formulas"):
         assert (tmp_path / f"{name}.md").is_file() and (tmp_path / f"{name}.csv").is_file()
-    rows = bench.main(["--smoke", "--out", str(tmp_path)])
-    assert {(r["attention"], r["overlap"]) for r in rows} == {
+    tables = bench.main(["--smoke", "--out", str(tmp_path)])
+    assert {(r["attention"], r["overlap"]) for r in tables["bench"]} == {
         ("rsa", "yes"), ("rsa", "no"), ("lean", "yes"), ("lean", "no")}
-    assert (tmp_path / "smoke_bench.md").is_file()
+    for name in ("bench", "balance", "rsa_vs_a2a"):
+        assert (tmp_path / f"smoke_{name}.md").is_file(), name
+    # load balance (counted work, not timed): zigzag equal, contiguous not
+    work = {(r["attention"], r["layout"]): r["score entries max/mean"] for r in tables["balance"]}
+    assert work[("rsa", "zigzag")] <= 1.05 < work[("rsa", "contiguous")]
+    # bytes sent: measured = closed form, for every method
+    for r in tables["rsa_vs_a2a"]:
+        assert r["sent MB/rank"] == pytest.approx(r["closed form MB"], rel=1e-9), r
+        assert r["max length at fixed memory"] > 0, r
