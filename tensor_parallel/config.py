@@ -27,6 +27,9 @@ class Config(TrainConfig):
     """the model's vocabulary is the corpus's rounded up to a multiple of this (and of the grid)"""
     vocab_size: int = 0
     """the model's vocabulary; 0 = the corpus's, padded (a run records the value it used)"""
+    checkpoint_activations: bool = False
+    """recompute each block's activations in backward instead of storing them (less memory,
+    about one more forward of compute; gradients unchanged)"""
     eval_batches: int = 8
     """validation loss = mean over this many fixed batches of the validation split"""
     # the glossary's defaults for this paper

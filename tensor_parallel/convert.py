@@ -3,8 +3,14 @@
 Training checkpoints already hold the model (and the AdamW moments) in the *serial* layout, so
 any mode or world size can load them (``train --resume``, ``tensor_parallel.eval``). This tool:
 
-* ``--out model.pt``: writes the plain serial ``GPT`` state dict plus its ``GPTConfig`` (for use
-  without this package's training loop);
+* ``--out model.pt``: writes the plain serial ``GPT`` state dict, a file that
+  ``torch.load(path, weights_only=True)`` reads and ``GPT.load_state_dict`` accepts, and its
+  ``GPTConfig`` beside it as ``model.json`` (for use without this package's training loop)::
+
+      cfg = GPTConfig(**json.load(open("model.json")))
+      model = GPT(cfg)
+      model.load_state_dict(torch.load("model.pt", weights_only=True))
+
 * ``--mode M --world W [--depth d]``: checks that the model splits on that grid and prints every
   rank-0 piece's shape and the parameter bytes per rank, without starting any process.
 
@@ -15,11 +21,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
+
+import torch
 
 from shared.errors import UsageError
 from shared.train import (ConfigError, checkpoint_files, entry_point, load_checkpoint,
-                          parse_config, resolve_run, runs_root, save_checkpoint)
+                          parse_config, resolve_run, runs_root)
 
 from .models import GPT, GPTConfig
 from .parallel import MODES, build_grid, check_shapes, parallelize
@@ -50,12 +61,32 @@ def shard_report(model: GPT, mode: str, world: int, depth: int = 1) -> list[str]
     return lines
 
 
+def write_serial(model: GPT, out) -> tuple[Path, Path]:
+    """``out``: the plain state dict (``torch.save``, tensors only); ``out`` with suffix
+    ``.json``: the ``GPTConfig``. Each written to a temporary file first, then renamed."""
+    pt = Path(out)
+    cfg_file = pt.with_suffix(".json")
+    if cfg_file == pt:
+        raise UsageError(f"--out {out}: give a .pt file name (the config goes to a .json "
+                         f"beside it)")
+    pt.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for path, write in ((pt, lambda f: torch.save(state, f)),
+                        (cfg_file, lambda f: f.write(
+                            json.dumps(dataclasses.asdict(model.cfg), indent=1).encode()))):
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    return pt, cfg_file
+
+
 @dataclass
 class ConvertConfig:
     run: str = ""
     """run directory or name (or its checkpoint file); "" = the newest run"""
     out: str = ""
-    """write the serial GPT state dict and config here"""
+    """write the serial GPT's plain state dict here (and its GPTConfig to the same name .json)"""
     mode: str = ""
     """report the pieces of this mode (1d, 2d, 2p5d, 3d); needs --world"""
     world: int = 0
@@ -80,10 +111,9 @@ def main(argv=None) -> GPT:
     files = checkpoint_files(run_path)
     model = serial_model(load_checkpoint(files[0]))
     if args.out:
-        save_checkpoint({"gpt_config": dataclasses.asdict(model.cfg),
-                         "state_dict": model.state_dict()}, args.out)
+        pt, cfg_file = write_serial(model, args.out)
         print(f"wrote the serial GPT ({sum(p.numel() for p in model.parameters())} parameters) "
-              f"to {args.out}")
+              f"to {pt} (state dict) and {cfg_file} (GPTConfig)")
     if args.mode:
         for line in shard_report(model, args.mode, args.world, args.depth):
             print(line)

@@ -78,9 +78,9 @@ def layer_collectives(mode: str, P: int, N: int, h: int, depth: int = 1) -> list
                     C("dep", d, "all_reduce", w_blk, 1, "bwd"),       # dW over depth
                     C("dep", d, "all_reduce", n / q ** 2, 1, "bwd")]  # db over depth
         for _ in range(2):                                            # ln1, ln2
-            out += [C("row", q, "all_reduce", 2 * Nd / q, 1, "fwd"),  # (Σx, Σx²)
+            out += [C("row", q, "all_reduce", Nd / q, 2, "fwd"),      # Σx, then Σ(x−mean)²
                     C("col", q, "all_gather", h / q, 2, "fwd"),       # γ, β
-                    C("row", q, "all_reduce", 2 * Nd / q, 1, "bwd"),
+                    C("row", q, "all_reduce", 2 * Nd / q, 1, "bwd"),  # (Σg, Σg·x̂)
                     C("col", q, "reduce_scatter", h / q, 2, "bwd"),
                     C("dep", d, "all_reduce", h / q ** 2, 2, "bwd")]
         return [c for c in out if c.size > 1]
@@ -96,8 +96,8 @@ def layer_collectives(mode: str, P: int, N: int, h: int, depth: int = 1) -> list
                     C("weight", q, "reduce_scatter", k * n / q ** 2, 1, "bwd"),       # dW
                     C("x_weight", q * q, "all_reduce", n / q, 1, "bwd")]              # db
         for _ in range(2):
-            out += [C("output", q, "all_reduce", 2 * N / q ** 2, 1, "fwd"),           # stats
-                    C("output", q, "all_reduce", 2 * N / q ** 2, 1, "bwd"),
+            out += [C("output", q, "all_reduce", N / q ** 2, 2, "fwd"),   # Σx, Σ(x−mean)²
+                    C("output", q, "all_reduce", 2 * N / q ** 2, 1, "bwd"),   # (Σg, Σg·x̂)
                     C("input_x_weight", q * q, "all_reduce", h / q, 2, "bwd")]        # dγ, dβ
         return [c for c in out if c.size > 1]
     raise ValueError(f"unknown mode {mode!r}; choose 1d, 2d, 2p5d or 3d")

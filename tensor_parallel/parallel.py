@@ -78,7 +78,7 @@ def build_grid(mode: str, depth: int = 1, world_size: int | None = None,
                           f"{', '.join(MODES)}")
     try:
         return build_topology(mode, world_size=world_size, rank=rank, depth=depth)
-    except TopologyError as exc:
+    except TopologyError:
         if mode != "2p5d":
             raise
         world = world_size or world_group().size
@@ -87,8 +87,9 @@ def build_grid(mode: str, depth: int = 1, world_size: int | None = None,
         how = (" or ".join(f"--depth {d} (q={q})" for q, d in fits) if fits else
                f"--depth {world} (q=1: no tensor split), or a world size with a square factor "
                f"q² >= 4 (4, 8, 9, 12, 16, ... ranks)")
-        raise TopologyError(f"{exc}; 2.5D needs world = q²·d, so for {world} ranks use "
-                            f"{how}") from None
+        raise TopologyError(f"2.5D tensor parallelism needs world = q²·d ranks (q×q grid, d "
+                            f"slices); got {world} ranks with --depth {depth}: for {world} ranks "
+                            f"use {how}") from None
 
 
 def batch_shards(topo) -> int:
@@ -289,6 +290,35 @@ class DropoutStreams:
         self.streams = streams
 
 
+def replay_streams(slot: DropoutStreams):
+    """``context_fn`` for ``torch.utils.checkpoint``: the recomputation of a checkpointed block
+    draws the same dropout masks as its forward (the streams' states are saved before the
+    forward, restored for the recomputation, then put back)."""
+    def context_fn():
+        saved = {}
+
+        @contextlib.contextmanager
+        def forward():
+            if slot.streams is not None:
+                saved.update(slot.streams.state_dict())
+            yield
+
+        @contextlib.contextmanager
+        def recompute():
+            streams = slot.streams
+            if streams is None or not saved:
+                yield
+                return
+            now = streams.state_dict()
+            streams.load_state_dict(saved)
+            try:
+                yield
+            finally:
+                streams.load_state_dict(now)
+        return forward(), recompute()
+    return context_fn
+
+
 class StreamDropout(nn.Module):
     """Dropout whose mask comes from ``slot.streams.fork(kind)``: ``"replicated"`` where the
     activation is the same on every rank (1D residual stream), ``"sharded"`` otherwise."""
@@ -358,6 +388,10 @@ class ParallelGPT(nn.Module):
         self.rng = DropoutStreams(streams)
         with torch.random.fork_rng(devices=[]):     # tp1d layers draw a throw-away init
             self.gpt = apply_plan(gpt, tensor_parallel_plan(self.layout, self.rng))
+
+    def set_checkpointing(self, on: bool = True) -> None:
+        """Activation checkpointing per block; the recomputation replays the dropout streams."""
+        self.gpt.set_checkpointing(on, replay_streams(self.rng))
 
     def forward(self, idx, targets=None):
         """idx, targets: the global batch (B, T), identical on every rank.

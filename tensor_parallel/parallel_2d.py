@@ -27,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shared.errors import UsageError
-from shared.parallel.comm import (all_gather, copy_to_group, raw_all_gather, raw_broadcast,
-                                  raw_reduce, reduce_from_group)
+from shared.parallel.comm import (all_gather, copy_to_group, raw_all_gather, raw_all_reduce,
+                                  raw_broadcast, raw_reduce)
 from shared.parallel.topology import Group
 
 
@@ -86,25 +86,39 @@ class _SummaAB(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, row, col):
+        # under autocast, compute like autocast's matmul would: inputs in the autocast dtype
+        # (half the bytes broadcast), partial products summed in fp32, output in that dtype
+        kind = x.device.type
+        dt = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+        ctx.in_dtypes, ctx.row, ctx.col = (x.dtype, w.dtype), row, col
+        if x.dtype != dt or w.dtype != dt:        # (fp32: the inputs themselves are saved)
+            x, w = x.to(dt), w.to(dt)
         ctx.save_for_backward(x, w)
-        ctx.row, ctx.col = row, col
         q = row.size
-        y = x.new_zeros(x.shape[:-1] + (w.shape[1],))                  # [b', s, n/q]
-        nxt = (raw_broadcast(x, 0, row, async_op=True), raw_broadcast(w, 0, col, async_op=True))
-        for t in range(q):                      # double buffering: post step t+1, compute step t
-            cur = nxt
-            if t + 1 < q:
-                nxt = (raw_broadcast(x, t + 1, row, async_op=True),
-                       raw_broadcast(w, t + 1, col, async_op=True))
-            y += torch.matmul(cur[0].wait(), cur[1].wait())
-        return y
+        y = x.new_zeros(x.shape[:-1] + (w.shape[1],),
+                        dtype=torch.promote_types(dt, torch.float32))     # [b', s, n/q]
+        with torch.autocast(kind, enabled=False):
+            nxt = (raw_broadcast(x, 0, row, async_op=True),
+                   raw_broadcast(w, 0, col, async_op=True))
+            for t in range(q):                  # double buffering: post step t+1, compute step t
+                cur = nxt
+                if t + 1 < q:
+                    nxt = (raw_broadcast(x, t + 1, row, async_op=True),
+                           raw_broadcast(w, t + 1, col, async_op=True))
+                y += torch.matmul(cur[0].wait(), cur[1].wait())
+        return y.to(dt)
 
     @staticmethod
     def backward(ctx, dy):
+        dx, dw = _SummaAB._backward(ctx, dy)
+        return dx.to(ctx.in_dtypes[0]), dw.to(ctx.in_dtypes[1]), None, None
+
+    @staticmethod
+    def _backward(ctx, dy):
         x, w = ctx.saved_tensors
         row, col = ctx.row, ctx.col
         q = row.size
-        dy = dy.contiguous()
+        dy = dy.to(x.dtype).contiguous()
         dy2 = dy.reshape(-1, dy.shape[-1])                                # [N', n/q]
         x2 = x.reshape(-1, x.shape[-1])                                   # [N', k/q]
         dx = dw = None
@@ -118,7 +132,7 @@ class _SummaAB(torch.autograd.Function):
             part = raw_reduce(torch.matmul(xt.t(), dy2), t, col)          # → dW(t,c) on r=t
             if col.rank == t:
                 dw = part
-        return dx, dw, None, None
+        return dx, dw
 
 
 def summa_matmul(x: torch.Tensor, w: torch.Tensor, grid: Grid2D) -> torch.Tensor:
@@ -176,9 +190,45 @@ class Linear2D(nn.Module):
         return out
 
 
+class _DistNormalize(torch.autograd.Function):
+    """x̂ = (x − mean) / sqrt(var + eps) over a hidden dim split across ``group``, in fp32.
+
+    Forward, two passes: Σx all-reduced, then Σ(x − mean)² (the one-pass E[x²] − E[x]² cancels
+    catastrophically when |mean| ≫ std: at mean 1e3, std 1 its fp32 error is ~0.5). Saves only
+    x̂ and 1/σ. Backward (the LayerNorm adjoint): dx = (g − mean(g) − x̂·mean(g·x̂)) / σ, with
+    Σg and Σg·x̂ all-reduced in one call."""
+
+    @staticmethod
+    def forward(ctx, x, group, hidden, eps):
+        xf = x.float()
+        mean = raw_all_reduce(xf.sum(-1, keepdim=True), group) / hidden
+        xc = xf - mean
+        var = raw_all_reduce((xc * xc).sum(-1, keepdim=True), group) / hidden
+        rstd = torch.rsqrt(var + eps)
+        xhat = xc * rstd
+        ctx.group, ctx.hidden, ctx.dtype = group, hidden, x.dtype
+        ctx.save_for_backward(xhat, rstd)
+        return xhat.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        xhat, rstd = ctx.saved_tensors
+        g = g.float()
+        sums = raw_all_reduce(torch.cat([g.sum(-1, keepdim=True),
+                                         (g * xhat).sum(-1, keepdim=True)], -1), ctx.group)
+        mg, mgx = (sums / ctx.hidden).split(1, -1)
+        return ((g - mg - xhat * mgx) * rstd).to(ctx.dtype), None, None, None
+
+
+def dist_normalize(x: torch.Tensor, group: Group, hidden: int, eps: float) -> torch.Tensor:
+    """The normalisation of a LayerNorm whose ``hidden`` features are split across ``group``."""
+    return _DistNormalize.apply(x, group, hidden, eps)
+
+
 class LayerNorm2D(nn.Module):
-    """LayerNorm over a hidden dim split along ``row``: Σx and Σx² are all-reduced over ``row``
-    (one all-reduce forward, one backward); γ, β stored as [h/q²] pieces like the bias."""
+    """LayerNorm over a hidden dim split along ``row``: two-pass statistics (Σx, then
+    Σ(x − mean)², each all-reduced over ``row``; backward one all-reduce of (Σg, Σg·x̂);
+    :func:`dist_normalize`); γ, β stored as [h/q²] pieces like the bias."""
 
     def __init__(self, ln: nn.LayerNorm, grid: Grid2D, mode: str = "2d"):
         super().__init__()
@@ -188,13 +238,10 @@ class LayerNorm2D(nn.Module):
         self.bias = nn.Parameter(_sub(ln.bias.detach(), grid))
 
     def forward(self, x):                                                 # [b', s, h/q]
-        row = self.grid.row
-        stats = torch.stack([x.sum(-1), (x * x).sum(-1)])                 # [2, b', s]
-        stats = reduce_from_group(copy_to_group(stats, row), row) / self.hidden
-        mean, var = stats[0].unsqueeze(-1), (stats[1] - stats[0] ** 2).unsqueeze(-1)
+        xhat = dist_normalize(x, self.grid.row, self.hidden, self.eps)
         g = all_gather(_use(self.weight, self.grid), 0, self.grid.col)    # [h/q]
         b = all_gather(_use(self.bias, self.grid), 0, self.grid.col)
-        return (x - mean) * torch.rsqrt(var + self.eps) * g + b
+        return xhat * g + b
 
     def serial_state(self, pick=None) -> dict:
         pick = pick or _value

@@ -21,8 +21,8 @@ execution order), each layer here is given its groups explicitly.
 
 Bias [n/q] (out-block ``inp``) is replicated over the ``wgt × out`` ranks that hold the same
 hidden block, and used through ``copy_to_group`` over that group (backward: all-reduce of the
-gradient). LayerNorm3D γ, β [h/q] likewise over ``input_x_weight``; its (Σx, Σx²) are
-all-reduced over ``output`` (the ranks holding the other hidden blocks of the same rows).
+gradient). LayerNorm3D γ, β [h/q] likewise over ``input_x_weight``; its Σx and then
+Σ(x − mean)² are all-reduced over ``output`` (the ranks holding the other hidden blocks of the same rows).
 """
 from __future__ import annotations
 
@@ -33,9 +33,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shared.errors import UsageError
-from shared.parallel.comm import (all_gather, copy_to_group, raw_all_gather, reduce_from_group,
+from shared.parallel.comm import (all_gather, copy_to_group, raw_all_gather,
                                   reduce_scatter)
 from shared.parallel.topology import Group
+
+from .parallel_2d import dist_normalize
 
 
 @dataclass
@@ -115,7 +117,8 @@ class Linear3D(nn.Module):
 
 
 class LayerNorm3D(nn.Module):
-    """LayerNorm of activations [b/q², s, h/q] (hidden block = ``output`` coordinate)."""
+    """LayerNorm of activations [b/q², s, h/q] (hidden block = ``output`` coordinate); the
+    statistics are two-pass (Σx, then Σ(x − mean)², all-reduced over ``output``)."""
 
     def __init__(self, ln: nn.LayerNorm, topo):
         super().__init__()
@@ -127,12 +130,10 @@ class LayerNorm3D(nn.Module):
         self.bias = nn.Parameter(ln.bias.detach()[k * hq:(k + 1) * hq].clone())
 
     def forward(self, x):
-        stats = torch.stack([x.sum(-1), (x * x).sum(-1)])                  # [2, b/q², s]
-        stats = reduce_from_group(copy_to_group(stats, self.out), self.out) / self.hidden
-        mean, var = stats[0].unsqueeze(-1), (stats[1] - stats[0] ** 2).unsqueeze(-1)
+        xhat = dist_normalize(x, self.out, self.hidden, self.eps)   # two-pass, over ``output``
         g = copy_to_group(self.weight, self.rep)
         b = copy_to_group(self.bias, self.rep)
-        return (x - mean) * torch.rsqrt(var + self.eps) * g + b
+        return xhat * g + b
 
     def serial_state(self, pick=None) -> dict:
         pick = pick or _value

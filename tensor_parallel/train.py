@@ -100,6 +100,7 @@ class LMTask(Task):
         check_shapes(self.gcfg, self.topo, cfg.batch_size)
         seed_everything(cfg.seed)
         self.model = parallelize(GPT(self.gcfg), self.topo).to(env.device)
+        self.model.set_checkpointing(cfg.checkpoint_activations)
         self.optimizer = make_optimizer(self.model, cfg)
 
     def describe(self) -> str:

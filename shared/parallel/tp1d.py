@@ -17,8 +17,9 @@ vocab_parallel_cross_entropy  logits [..., V/P]     3 all-reduces of  (none: the
 Weights use the ``nn.Linear`` / ``nn.Embedding`` layouts. Every layer is built either from scratch
 (the full weight is initialised with torch's default initialisation on every rank, then sliced, so
 a parallel layer equals the serial layer of the same seed as long as all ranks share the seed) or
-with ``from_serial(module, group)`` from a full serial module; ``to_serial()`` gathers the full
-module back (on every rank). A transformer layer built as qkv/fc1 column + proj/fc2 row issues
+with ``from_serial(module, group)`` from a full serial module (built on the meta device, then
+given this rank's slices: no full random init, the serial module's dtype and device kept);
+``to_serial()`` gathers the full module back on every rank, in the layers' dtype and device. A transformer layer built as qkv/fc1 column + proj/fc2 row issues
 2 all-reduces of ``N·h`` forward and 2 backward (``N`` tokens, ``h`` hidden).
 
 Dropout: :func:`parallel_dropout` draws from an :class:`shared.parallel.seeding.RNGStreams` stream:
@@ -56,6 +57,11 @@ def _gather(local: torch.Tensor, dim: int, group: Group) -> torch.Tensor:
     return raw_all_gather(local.detach(), dim, group)
 
 
+def _param(t: torch.Tensor) -> nn.Parameter:
+    """A parameter holding ``t`` as is (dtype and device kept)."""
+    return nn.Parameter(t.contiguous())
+
+
 class ColumnParallelLinear(nn.Module):
     """``Y = X Aᵀ + b`` with ``A`` [n, k] split along its output rows: rank i holds
     ``A[i·n/P:(i+1)·n/P]`` and the matching bias slice; the input is replicated.
@@ -77,20 +83,22 @@ class ColumnParallelLinear(nn.Module):
 
     @classmethod
     def from_serial(cls, module: nn.Linear, group: Group, gather_output: bool = False):
-        layer = cls(module.in_features, module.out_features, group, module.bias is not None,
-                    gather_output)
-        with torch.no_grad():
-            layer.weight.copy_(_chunk(module.weight.data, 0, group))
-            if module.bias is not None:
-                layer.bias.copy_(_chunk(module.bias.data, 0, group))
-        return layer.to(module.weight.device)
+        """This rank's slice of ``module``, in its dtype and on its device (no full init)."""
+        with torch.device("meta"):
+            layer = cls(module.in_features, module.out_features, group, module.bias is not None,
+                        gather_output)
+        layer.weight = _param(_chunk(module.weight.detach(), 0, group))
+        if module.bias is not None:
+            layer.bias = _param(_chunk(module.bias.detach(), 0, group))
+        return layer
 
     def to_serial(self) -> nn.Linear:
-        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        with torch.no_grad():
-            out.weight.copy_(_gather(self.weight, 0, self.group))
-            if self.bias is not None:
-                out.bias.copy_(_gather(self.bias, 0, self.group))
+        """The full ``nn.Linear`` (collective), in the layer's dtype and on its device."""
+        with torch.device("meta"):
+            out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        out.weight = _param(_gather(self.weight, 0, self.group))
+        if self.bias is not None:
+            out.bias = _param(_gather(self.bias, 0, self.group))
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,20 +131,22 @@ class RowParallelLinear(nn.Module):
 
     @classmethod
     def from_serial(cls, module: nn.Linear, group: Group, input_is_parallel: bool = True):
-        layer = cls(module.in_features, module.out_features, group, module.bias is not None,
-                    input_is_parallel)
-        with torch.no_grad():
-            layer.weight.copy_(_chunk(module.weight.data, 1, group))
-            if module.bias is not None:
-                layer.bias.copy_(module.bias.data)
-        return layer.to(module.weight.device)
+        """This rank's slice of ``module``, in its dtype and on its device (no full init)."""
+        with torch.device("meta"):
+            layer = cls(module.in_features, module.out_features, group, module.bias is not None,
+                        input_is_parallel)
+        layer.weight = _param(_chunk(module.weight.detach(), 1, group))
+        if module.bias is not None:
+            layer.bias = _param(module.bias.detach().clone())
+        return layer
 
     def to_serial(self) -> nn.Linear:
-        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-        with torch.no_grad():
-            out.weight.copy_(_gather(self.weight, 1, self.group))
-            if self.bias is not None:
-                out.bias.copy_(self.bias)
+        """The full ``nn.Linear`` (collective), in the layer's dtype and on its device."""
+        with torch.device("meta"):
+            out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        out.weight = _param(_gather(self.weight, 1, self.group))
+        if self.bias is not None:
+            out.bias = _param(self.bias.detach().clone())
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,15 +175,17 @@ class VocabParallelEmbedding(nn.Module):
 
     @classmethod
     def from_serial(cls, module: nn.Embedding, group: Group):
-        layer = cls(module.num_embeddings, module.embedding_dim, group)
-        with torch.no_grad():
-            layer.weight.copy_(_chunk(module.weight.data, 0, group))
-        return layer.to(module.weight.device)
+        """This rank's rows of ``module``, in its dtype and on its device (no full init)."""
+        with torch.device("meta"):
+            layer = cls(module.num_embeddings, module.embedding_dim, group)
+        layer.weight = _param(_chunk(module.weight.detach(), 0, group))
+        return layer
 
     def to_serial(self) -> nn.Embedding:
-        out = nn.Embedding(self.num_embeddings, self.embedding_dim)
-        with torch.no_grad():
-            out.weight.copy_(_gather(self.weight, 0, self.group))
+        """The full ``nn.Embedding`` (collective), in the layer's dtype and on its device."""
+        with torch.device("meta"):
+            out = nn.Embedding(self.num_embeddings, self.embedding_dim)
+        out.weight = _param(_gather(self.weight, 0, self.group))
         return out
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

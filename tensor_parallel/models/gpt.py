@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint, noop_context_fn
 
 
 @dataclass
@@ -74,16 +75,29 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-LN block. With ``checkpoint`` on (:meth:`GPT.set_checkpointing`), training keeps
+    only the block's input for backward and recomputes the rest (``torch.utils.checkpoint``,
+    non-reentrant); ``checkpoint_context`` is its ``context_fn`` (a parallel model passes one
+    that replays its own dropout RNG streams in the recomputation)."""
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.hidden)
         self.attn = Attention(cfg)
         self.ln2 = nn.LayerNorm(cfg.hidden)
         self.mlp = MLP(cfg)
+        self.checkpoint = False
+        self.checkpoint_context = noop_context_fn
 
-    def forward(self, x):
+    def _body(self, x):
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
+
+    def forward(self, x):
+        if self.checkpoint and torch.is_grad_enabled():
+            return checkpoint(self._body, x, use_reentrant=False,
+                              context_fn=self.checkpoint_context)
+        return self._body(x)
 
 
 class GPT(nn.Module):
@@ -100,6 +114,13 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.hidden)
         self.head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
+
+    def set_checkpointing(self, on: bool = True, context_fn=None) -> None:
+        """Activation checkpointing per block (``--checkpoint_activations``): each block's
+        activations are recomputed in backward instead of stored; gradients are unchanged."""
+        for block in self.blocks:
+            block.checkpoint = on
+            block.checkpoint_context = context_fn or noop_context_fn
 
     @staticmethod
     def _init_weights(m):

@@ -102,6 +102,28 @@ def _check_all(env):
     loss_p.mean().backward()
     _close("cross-entropy dlogits", lp.grad, _chunk(ls.grad, -1, g))
 
+    # dtype and device: from_serial keeps a bf16 module's dtype (a bf16 block runs), to_serial
+    # gives back the layers' dtype; bf16 tolerance 2e-2 relative (8 mantissa bits: 2^-8 = 4e-3
+    # per rounding, a few roundings of the partial sums and their all-reduce)
+    bf = torch.bfloat16
+    fc1, fc2 = nn.Linear(k, n).to(bf), nn.Linear(n, k).to(bf)
+    emb16 = nn.Embedding(vocab, k).to(bf)
+    pfc1, pfc2 = ColumnParallelLinear.from_serial(fc1, g), RowParallelLinear.from_serial(fc2, g)
+    pemb16 = VocabParallelEmbedding.from_serial(emb16, g)
+    for layer in (pfc1, pfc2, pemb16):
+        assert all(p.dtype == bf and p.device == x.device for p in layer.parameters()), layer
+    h16 = emb16(ids) + x.to(bf)
+    ys16 = fc2(F.gelu(fc1(h16)))
+    yp16 = pfc2(F.gelu(pfc1(pemb16(ids) + x.to(bf))))
+    assert yp16.dtype == bf
+    _close("bf16 block", yp16.float(), ys16.float(), tol=2e-2)
+    for layer, ref in ((pfc1, fc1), (pfc2, fc2), (pemb16, emb16)):
+        back = layer.to_serial()
+        assert type(back) is type(ref)
+        for (name, got), want in zip(back.named_parameters(), ref.parameters()):
+            assert got.dtype == bf and got.device == want.device, name
+            assert torch.equal(got, want), f"{type(layer).__name__}.to_serial {name}"
+
     # dropout streams: replicated masks agree across ranks, sharded masks differ
     streams = RNGStreams(7, grid_rank=g.rank)
     ones = torch.ones(4096)

@@ -14,8 +14,8 @@ For each mode one spawned grid checks, on every rank:
 Tolerance: float32, 1e-5 relative to the largest magnitude of the reference tensor. The parallel
 code evaluates the same sums split into partial sums (SUMMA steps, reduce-scatters, all-reduces),
 so results differ from serial only by summation order: a few ulps (1.2e-7) times at most a few
-hundred terms here. LayerNorm uses E[x²]−E[x]² (one all-reduce), which loses a few more bits
-when |mean| ≫ std; the inputs here have |mean| ≲ std.
+hundred terms here. The 2D/2.5D/3D LayerNorms (two-pass statistics) are also checked against
+``torch.nn.LayerNorm`` at mean 1e3 / std 1 and mean 0 / std 1e-3 (tolerance ``LN_TOL``).
 
 Sizes: hidden 24, heads 12 (head_dim 2), vocab 36, seq 5, batch 12; not powers of two and
 divisible by every grid below (1d p=3,4; 2d q=2; 2.5d q=2 d=2; 3d q=2); the odd 2D grid q=3
@@ -37,6 +37,14 @@ from tensor_parallel.parallel import (build_grid, check_shapes, parallelize, ser
                                       set_streams, shard_state)
 
 TOL = 1e-5
+# LayerNorm at mean 1e3: the mean itself carries fp32 rounding of ~1e3·6e-8 ≈ 6e-5 (in torch's
+# kernel too, summed in another order), i.e. ~6e-5 of std 1 in the normalized output
+LN_TOL = 1e-3
+# bf16 autocast (8 mantissa bits, 2^-8 ≈ 4e-3 per rounding of each matmul's inputs and output)
+# against the fp32 serial model: loss and every gradient within 5e-2 of the largest magnitude.
+# (The serial model under the same autocast differs from fp32 by ~3e-2 on these gradients; the
+# parallel modes measured 2.5e-2 to 3.2e-2.)
+AMP_TOL = 5e-2
 CFG = GPTConfig(vocab_size=36, seq_len=5, hidden=24, heads=12, layers=2, dropout=0.0)
 # an odd 2D grid (q = 3, 9 ranks) needs hidden % 9 and heads % 3
 CFG_Q3 = GPTConfig(vocab_size=36, seq_len=5, hidden=36, heads=6, layers=1, dropout=0.0)
@@ -65,6 +73,27 @@ def _grads(pmodel):
                              else torch.zeros_like(p))
 
 
+def _check_layernorm(mode, ln, pln, layout, cfg):
+    """The distributed LayerNorm against torch's at inputs where a one-pass variance
+    (E[x²] − E[x]²) cancels catastrophically (mean 1e3, std 1: error ~0.5 in fp32) or loses
+    its scale (mean 0, std 1e-3). Output and dX, relative to the largest reference value."""
+    g = torch.Generator().manual_seed(3)
+    for mean, std in ((1e3, 1.0), (0.0, 1e-3)):
+        x = mean + std * torch.randn(BATCH, cfg.seq_len, cfg.hidden, generator=g)
+        dy = torch.randn(x.shape, generator=g)
+        xs = x.clone().requires_grad_()
+        ys = ln(xs)
+        (ys * dy).sum().backward()
+        xp = layout.shard_activation(x).clone().requires_grad_()
+        yp = pln(xp)
+        (yp * layout.shard_activation(dy)).sum().backward()
+        _assert_close(f"{mode} LayerNorm y at mean {mean} std {std}", yp.detach(),
+                      layout.shard_activation(ys.detach()), tol=LN_TOL)
+        _assert_close(f"{mode} LayerNorm dX at mean {mean} std {std}", xp.grad,
+                      layout.shard_activation(xs.grad), tol=LN_TOL)
+        ln.zero_grad()
+
+
 def _check_mode(env, mode, depth, grid=None, cfg=CFG):
     topo = build_topology(mode, depth=depth, grid_size=grid)
     serial = _serial_model(cfg)
@@ -73,6 +102,10 @@ def _check_mode(env, mode, depth, grid=None, cfg=CFG):
     torch.manual_seed(1)
     idx = torch.randint(0, cfg.vocab_size, (BATCH, cfg.seq_len))
     targets = torch.randint(0, cfg.vocab_size, (BATCH, cfg.seq_len))
+
+    if mode != "1d":                              # (1D keeps torch's LayerNorm whole)
+        _check_layernorm(mode, serial.blocks[0].ln1, pmodel.gpt.blocks[0].ln1, layout, cfg)
+        pmodel.zero_grad()
 
     # --- one block -------------------------------------------------------------------------
     block = serial.blocks[0]
@@ -145,20 +178,70 @@ def _dropout_check(env):
     return y_train, block(x).detach()
 
 
-def _check_world(env, cases, dropout=False):
+def _checkpointing_check(env, mode):
+    """Activation checkpointing per block gives bit-identical loss and gradients, with dropout
+    on (the recomputation replays the RNG streams)."""
+    cfg = GPTConfig(vocab_size=36, seq_len=5, hidden=24, heads=12, layers=2, dropout=0.3)
+    topo = build_topology(mode, grid_size=2 if mode == "1d" else None)
+    pmodel = parallelize(_serial_model(cfg), topo)
+    g = torch.Generator().manual_seed(4)
+    idx = torch.randint(0, cfg.vocab_size, (BATCH, cfg.seq_len), generator=g)
+    runs = []
+    for on in (False, True):
+        pmodel.set_checkpointing(on)
+        set_streams(pmodel, RNGStreams(11, topo.grid_rank))
+        pmodel.zero_grad(set_to_none=True)
+        _, loss = pmodel(idx, idx)
+        loss.backward()
+        runs.append([loss.detach()] + [p.grad.clone() for p in pmodel.parameters()])
+    return all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def _amp_check(env, mode):
+    """bf16 CPU autocast of the parallel model against the fp32 serial model: loss and every
+    gathered gradient, relative error (AMP_TOL)."""
+    topo = build_topology(mode)
+    serial = _serial_model()
+    pmodel = parallelize(copy.deepcopy(serial), topo)
+    g = torch.Generator().manual_seed(5)
+    idx = torch.randint(0, CFG.vocab_size, (BATCH, CFG.seq_len), generator=g)
+    _, ls = serial(idx, idx)
+    ls.backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, lp = pmodel(idx, idx)
+    assert lp.dtype == torch.float32                   # the loss is computed in fp32
+    lp.backward()
+    grads = _grads(pmodel)
+    errs = {"loss": abs(lp.item() - ls.item()) / abs(ls.item())}
+    for name, p in serial.named_parameters():
+        errs[name] = ((grads[name] - p.grad).abs().max() / p.grad.abs().max()).item()
+    assert all(p.dtype == torch.float32 for p in pmodel.parameters())   # fp32 master weights
+    return errs
+
+
+def _check_world(env, cases, dropout=False, extra=()):
     losses = [_check_mode(env, *case) for case in cases]
-    return losses, (_dropout_check(env) if dropout else None)
+    checks = {f"{kind} {mode}": (_checkpointing_check if kind == "ckpt" else _amp_check)(env, mode)
+              for kind, mode in extra}
+    return losses, (_dropout_check(env) if dropout else None), checks
 
 
-@pytest.mark.parametrize("world, cases, dropout", [
-    (4, [("1d", 1), ("2d", 1)], True),
-    (8, [("2p5d", 2), ("3d", 1)], False),
-    (9, [("2d", 1, None, CFG_Q3), ("1d", 1, 3)], False),
+@pytest.mark.parametrize("world, cases, dropout, extra", [
+    (4, [("1d", 1), ("2d", 1)], True, [("ckpt", "1d"), ("ckpt", "2d"), ("amp", "2d")]),
+    (8, [("2p5d", 2), ("3d", 1)], False, [("ckpt", "3d"), ("amp", "3d")]),
+    (9, [("2d", 1, None, CFG_Q3), ("1d", 1, 3)], False, []),
 ])
-def test_parallel_matches_serial(world, cases, dropout):
-    results = spawn(_check_world, world, cases, dropout, timeout_s=240)
-    for per_rank in zip(*(losses for losses, _ in results)):  # the loss is the same everywhere
+def test_parallel_matches_serial(world, cases, dropout, extra):
+    results = spawn(_check_world, world, cases, dropout, extra, timeout_s=240)
+    for per_rank in zip(*(losses for losses, _, _ in results)):  # the loss is the same everywhere
         assert max(per_rank) - min(per_rank) <= 1e-6 * abs(per_rank[0])
+    for rank, (_, _, checks) in enumerate(results):
+        for name, got in checks.items():
+            if name.startswith("ckpt"):
+                assert got, f"rank {rank}: {name}: checkpointing changed loss or gradients"
+            else:
+                bad = {k: v for k, v in got.items() if v > AMP_TOL}
+                assert not bad, f"rank {rank}: {name}: bf16 errors above {AMP_TOL}: {bad}"
     if dropout:
         (a_train, a_eval), (b_train, b_eval) = results[0][1], results[1][1]
         assert not torch.equal(a_train, a_eval), "dropout had no effect"

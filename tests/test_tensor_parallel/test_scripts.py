@@ -23,12 +23,27 @@ def test_reproduce_smoke_measured_equals_closed_form(tmp_path):
 
 
 def test_bench_smoke(tmp_path):
-    overhead, steps = bench.main(["--smoke", "--out", str(tmp_path)])
+    overhead, steps, anchor = bench.main(["--smoke", "--out", str(tmp_path)])
     assert [r["layer"].split()[0] for r in overhead] == ["serial", "1d", "2d", "2p5d", "3d"]
     assert [(r["mode"], r["processes"]) for r in steps] == [
         ("serial", 1), ("1d", 4), ("2d", 4), ("2p5d (d=1)", 4)]
     assert all(r["fwd+bwd ms"] > 0 for r in overhead) and all(r["step ms"] > 0 for r in steps)
     assert (tmp_path / "bench_step_times.md").is_file()
+    # torch's own TP (parallelize_module) as the anchor: same block, same weights; both agree
+    # with each other and with the serial block to fp32 summation-order error
+    assert [r["ranks"] for r in anchor] == [2] * len(anchor) and anchor
+    for r in anchor:
+        for col in ("out err ours vs torch", "grad err ours vs torch", "out err ours vs serial",
+                    "grad err ours vs serial", "grad err torch vs serial"):
+            assert r[col] <= 1e-5, (col, r)
+        assert r["ours ms"] > 0 and r["torch ms"] > 0
+    assert (tmp_path / "bench_torch_tp.md").is_file()
+
+
+def test_bench_rejects_unknown_section(tmp_path):
+    from shared.train import ConfigError
+    with pytest.raises(ConfigError, match="choose from overhead, steps, torch_tp"):
+        bench.main.__wrapped__(["--smoke", "--only", "nope", "--out", str(tmp_path)])
 
 
 @pytest.mark.parametrize("q", [2, 3, 4])

@@ -15,6 +15,7 @@ from shared.train import load_checkpoint, read_metrics
 from tensor_parallel import eval as tp_eval
 from tensor_parallel import train as tp_train
 from tensor_parallel.convert import main as convert_main
+from tensor_parallel.models import GPT, GPTConfig
 
 
 def _argv(tmp, *extra):
@@ -60,11 +61,16 @@ def test_checkpoint_moves_between_modes_and_world_sizes(tmp_path, capsys):
     model = convert_main(["--out_dir", str(tmp_path), "--run", "a", "--out",
                           str(tmp_path / "gpt.pt"), "--mode", "2d", "--world", "4"])
     report = capsys.readouterr().out
-    saved = load_checkpoint(tmp_path / "gpt.pt")
+    saved = torch.load(tmp_path / "gpt.pt", weights_only=True)     # a plain state dict
     serial = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["task"]["model"]
-    assert saved["gpt_config"] == model.cfg.__dict__
-    assert set(saved["state_dict"]) == set(serial)
-    assert all(torch.equal(saved["state_dict"][k], serial[k]) for k in serial)
+    assert set(saved) == set(serial)
+    assert all(torch.equal(saved[k], serial[k]) for k in serial)
+    cfg = GPTConfig(**json.loads((tmp_path / "gpt.json").read_text()))
+    assert cfg == model.cfg
+    fresh = GPT(cfg)
+    fresh.load_state_dict(saved)                                   # strict: every key
+    x = torch.randint(0, cfg.vocab_size, (2, cfg.seq_len))
+    assert torch.equal(fresh(x)[0], model(x)[0])
     assert "blocks.0.attn.qkv.weight: (12, 36)" in report          # [k/q, n/q] of a 24x72 weight
     line = [ln for ln in report.splitlines() if ln.startswith("parameter bytes on rank 0")][0]
     local, total = (int(w.strip("()")) for w in line.split() if w.strip("()").isdigit())
@@ -124,7 +130,7 @@ def test_bad_command_lines_give_one_line_and_exit_2(tmp_path, capsys):
     _one_line_error(capsys, train, base + ["--lr", "fast"], "--lr", "float")
     _one_line_error(capsys, train, base + ["--hidden", "30"], "--hidden 30", "--heads 4")
     _one_line_error(capsys, train, base + ["--mode", "2p5d", "--depth", "2"],
-                    "d=2", "--depth 1")                              # 1 process: world = q²·d
+                    "with --depth 2", "use --depth 1")               # 1 process: world = q²·d
     _one_line_error(capsys, train, base + ["--data", str(tmp_path / "missing")],
                     "no corpus at", "missing")
     _one_line_error(capsys, train, base + ["--seq_len", "300000"], "windows", "--seq_len")
