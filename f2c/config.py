@@ -17,15 +17,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.train.config import ConfigError, TrainConfig
+from shared.train.config import ConfigError, TrainConfig, with_defaults
 
 from .models import MARGINS, backbone_defaults, list_backbones
 
 METHODS = ("f2c", "fc", "pfc")
 
 
+# this paper's defaults for fields of the shared glossary
+_Base = with_defaults(
+    TrainConfig, steps=600, schedule="cosine", lr=0.1, weight_decay=5e-4, grad_clip=0.0, batch_size=96,
+    log_every=20, eval_every=200)
+
+
 @dataclass
-class Config(TrainConfig):
+class Config(_Base):
     MODES = ("data",)
     """the backbone is data parallel; F2C's pool is replicated, FC / Partial FC's class centres
     are sharded over the same ranks (f2c.parallel)"""
@@ -33,18 +39,6 @@ class Config(TrainConfig):
                        "num_ids", "images_per_id", "nuisance", "id_fraction", "margin_type",
                        "sample_rate")
 
-    # ---- glossary fields with the tiny recipe's values
-    steps: int = 600
-    schedule: str = "cosine"
-    """the official schedule is a step decay (x0.1 at 8, 14, 17 of 19 epochs), which the shared
-    core does not offer: cosine is used (README, deviations)"""
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    grad_clip: float = 0.0
-    """the official code does not clip"""
-    batch_size: int = 96
-    log_every: int = 20
-    eval_every: int = 200
     # ---- method
     method: str = "f2c"
     """f2c | fc (full FC, centres sharded over ranks) | pfc (Partial FC)"""

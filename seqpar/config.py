@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.train.config import ConfigError, TrainConfig
+from shared.train.config import ConfigError, TrainConfig, with_defaults
+
+
+# this paper's defaults for fields of the shared glossary
+_Base = with_defaults(
+    TrainConfig, steps=1500, lr=3e-3, min_lr=3e-4, warmup_steps=100, weight_decay=0.01, grad_clip=1.0,
+    batch_size=32, log_every=25, eval_every=250, ckpt_every=250)
 
 
 @dataclass
-class Config(TrainConfig):
+class Config(_Base):
     MODES = ("seq",)
     """sequence parallel over ``--seq_parallel`` ranks × data parallel over the rest"""
     FIXED_ON_RESUME = ("model", "hidden", "heads", "layers", "ffn", "dropout", "attn_dropout", "max_bytes",
@@ -49,17 +55,6 @@ class Config(TrainConfig):
     """each sample keeps a random length in [min_len_fraction·L, L]; the rest is padding"""
     eval_batches: int = 8
     """validation batches (of ``batch_size`` fixed windows) in train-time validation and eval"""
-    # ---- optimisation and bookkeeping (glossary fields with this paper's defaults)
-    steps: int = 1500
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    batch_size: int = 32
-    log_every: int = 25
-    eval_every: int = 250
-    ckpt_every: int = 250
 
     def validate(self) -> None:
         super().validate()

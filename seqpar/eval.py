@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 
 from shared.errors import UsageError
+from shared.train import EvalConfig as BaseEvalConfig
 from shared.parallel.topology import build_topology
 from shared.train import (ConfigError, checkpoint_files, entry_point, load_checkpoint,
                           load_config, log0, parse_config, resolve_run, runs_root, start)
@@ -29,23 +30,12 @@ from .train import build_model, check_layout, evaluate
 
 
 @dataclass
-class EvalConfig:
-    run: str = ""
-    """run directory or name under out_dir; "" = the newest run with a checkpoint"""
-    out_dir: str = ""
-    """root of the run directories; "" = <repo>/runs/seqpar"""
-    data: str = ""
-    """evaluate on this corpus instead of the run's (same vocabulary)"""
-    mode: str = ""
-    """parallel mode; "" = the paper's (seq)"""
+class EvalConfig(BaseEvalConfig):
+    """``--data``: evaluate on this corpus instead of the run's (same vocabulary)."""
     seq_parallel: int = 0
     """ranks per sequence group; 0 = all processes"""
     eval_batches: int = 0
     """validation batches; 0 = the run's (those of its train-time validation)"""
-    device: str = "auto"
-    timeout: float = 600.0
-    threads: int = 0
-    debug: bool = False
 
     def validate(self) -> None:
         if self.mode and self.mode not in Config.MODES:

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.train import ConfigError, TrainConfig
+from shared.train import ConfigError, TrainConfig, with_defaults
+
+
+# this paper's defaults for fields of the shared glossary
+_Base = with_defaults(
+    TrainConfig, steps=800, warmup_steps=50, lr=3e-3, min_lr=3e-4, weight_decay=0.1, grad_clip=1.0,
+    batch_size=16, eval_every=200, ckpt_every=200, seed=1337, threads=1)
 
 
 @dataclass
-class Config(TrainConfig):
+class Config(_Base):
     MODES = ("1d", "2d", "2p5d", "3d")
     """1d (Megatron), 2d (Optimus), 2p5d (Tesseract), 3d; one process = the serial model"""
     FIXED_ON_RESUME = ("seq_len", "hidden", "heads", "layers", "dropout", "vocab_size",
@@ -32,20 +38,6 @@ class Config(TrainConfig):
     about one more forward of compute; gradients unchanged)"""
     eval_batches: int = 8
     """validation loss = mean over this many fixed batches of the validation split"""
-    # the glossary's defaults for this paper
-    steps: int = 800
-    warmup_steps: int = 50
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    batch_size: int = 16
-    """global batch (sequences per step, over the whole grid)"""
-    eval_every: int = 200
-    ckpt_every: int = 200
-    seed: int = 1337
-    threads: int = 1
-    """CPU threads per process; one thread is much faster on a shared 2-core machine"""
 
     def validate(self) -> None:
         super().validate()

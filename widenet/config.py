@@ -17,28 +17,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.train.config import ConfigError, TrainConfig
+from shared.train.config import ConfigError, TrainConfig, with_defaults
+
+
+# this paper's defaults for fields of the shared glossary
+_Base = with_defaults(
+    TrainConfig, seed=42, steps=310, warmup_steps=62, schedule="linear", lr=4e-3, min_lr=1e-5,
+    weight_decay=0.1, grad_clip=1.0, batch_size=128)
 
 
 @dataclass
-class Config(TrainConfig):
+class Config(_Base):
     MODES = ("data", "expert")
     FIXED_ON_RESUME = ("model", "pool", "dataset", "img_size", "patch_size", "num_classes",
                        "train_size", "val_size", "num_experts", "top_k", "capacity_factor",
                        "expert_ranks", "nlp_stage", "seq_len")
 
-    # ---- glossary fields with the paper's defaults
-    seed: int = 42
-    steps: int = 310
-    warmup_steps: int = 62
-    schedule: str = "linear"
-    """the official schedule: linear warm-up from min_lr to lr, then linear decay to min_lr"""
-    lr: float = 4e-3
-    min_lr: float = 1e-5
-    """warm-up starts and decay ends here (official)"""
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    batch_size: int = 128
     # ---- model
     model: str = "widenet_tiny"
     """a name from widenet.models.list_models()"""

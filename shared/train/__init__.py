@@ -14,7 +14,7 @@ plot: plot_metrics
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .cli import entry_point, parse_args, runs_root, start
 from .config import (ConfigError, EvalConfig, TrainConfig, config_to_dict, help_text, load_config,
-                     parse_config, save_config)
+                     parse_config, save_config, with_defaults)
 from .gradients import (GradSync, NormPart, clip_gradients, global_grad_norm, replicated_plan,
                         sync_gradients)
 from .loop import StepOutput, Task, fit, reduce_metrics
