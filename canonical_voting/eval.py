@@ -1,0 +1,166 @@
+"""Evaluate a trained run: per-class AP and mAP at IoU 0.25 and 0.5 on the validation scenes, and a
+PNG of one scene's detections.
+
+    python -m canonical_voting.eval                          # the newest run with a checkpoint
+    python -m canonical_voting.eval --run runs/canonical_voting/<run> [--data /path/to/scannet]
+    python -m canonical_voting.eval --run a,b,c              # separate models: their union
+
+The model, data and inference settings come from the run's ``config.json``, the weights from
+its ``checkpoint.pt``. Several runs of ``--head separate`` models (one class each) are evaluated
+together, as the reference's ``eval_separate.py``: each model detects its class, and the mAP is
+over the union of their classes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from shared.errors import UsageError
+from shared.train import entry_point, load_checkpoint, load_config, parse_config, runs_root
+from shared.train.config import ConfigError
+from shared.train.run import checkpoint_files, resolve_run
+
+from .config import Config
+from .data import build_data, voxelize
+from .detect import accepted, candidates, finish, vote_maps
+from .metrics import SceneBoxes, evaluate_detections
+from .train import IOUS, Evaluator, build_model, model_classes
+
+PAPER = "canonical_voting"
+
+
+@dataclass
+class EvalConfig:
+    run: str = ""
+    """run directory or name under --out_dir (comma-separated: separate models); "" = newest"""
+    out_dir: str = ""
+    """root of the run directories; "" = <repo>/runs/canonical_voting"""
+    data: str = ""
+    """override the run's data path"""
+    eval_scenes: int = -1
+    """validation scenes; -1 = the run's setting, 0 = all"""
+    device: str = "auto"
+    """auto (CUDA when present) | cpu | cuda"""
+    lcc_check: Optional[bool] = None
+    """override the run's LCC back-projection check (false: the paper's ablation)"""
+    picture: bool = True
+    """write detections.png beside the (first) run's checkpoint"""
+    debug: bool = False
+
+    def validate(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device {self.device!r}: choose auto, cpu or cuda")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device cuda, but CUDA is not available on this machine; use "
+                             "--device cpu or auto")
+        if self.eval_scenes < -1:
+            raise ConfigError(f"--eval_scenes must be >= 0 (or -1: the run's); got "
+                              f"{self.eval_scenes}")
+
+
+def load_run(run: Path, args: EvalConfig, device) -> tuple[Config, Evaluator, int]:
+    cfg = load_config(Config, run / "config.json")
+    cfg = dataclasses.replace(cfg, data=args.data or cfg.data,
+                              eval_scenes=cfg.eval_scenes if args.eval_scenes < 0 else args.eval_scenes,
+                              lcc_check=cfg.lcc_check if args.lcc_check is None else args.lcc_check)
+    files = checkpoint_files(run)
+    if not files:
+        raise UsageError(f"{run} has no checkpoint; train it to the end or pass another --run")
+    state = load_checkpoint(files[0], map_location="cpu")
+    if state.get("paper") != PAPER:
+        raise UsageError(f"{files[0]} is a checkpoint of {state.get('paper')!r}, not of {PAPER}")
+    _, val, dataset_classes = build_data(cfg)
+    classes, _ = model_classes(cfg, dataset_classes)
+    model = build_model(cfg, len(classes))
+    try:
+        model.load_state_dict(state["task"]["model"])
+    except RuntimeError as exc:
+        raise UsageError(f"the checkpoint of {run} does not fit the model its config.json "
+                         f"describes: {str(exc).splitlines()[0]}") from None
+    model.to(device)
+    return cfg, Evaluator(cfg, model, val, classes, dataset_classes, device), int(state["step"])
+
+
+VOTE_THRESHOLDS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+LCC_ERRORS = (0.3, 0.5, 0.8, 1.2, None)          # None: no LCC check
+
+
+def calibrate(ev: Evaluator, train_scenes, count: int) -> dict:
+    """The paper chose its inference thresholds by cross-validation on training data; here each
+    method's own thresholds are chosen the same way for every run: the vote threshold (and, for
+    canonical voting, the LCC-check threshold, or no check) maximising mAP@0.25 on the first
+    ``count`` training scenes (no augmentation). The peaks are extracted once per scene at the
+    lowest threshold (:func:`canonical_voting.detect.candidates`), and each setting only filters
+    them. A tie keeps the earlier grid entry."""
+    samples = [voxelize(train_scenes.raw(i), ev.cfg.voxel_size)
+               for i in range(min(count, len(train_scenes)))]
+    low = dataclasses.replace(ev.detect_cfg, vote_threshold=min(VOTE_THRESHOLDS))
+    cached = []
+    for s in samples:
+        pred = ev.predict(s)
+        cached.append((candidates(vote_maps(pred, low), pred, low), ev.ground_truth(s)))
+    canonical = ev.cfg.method == "canonical"
+    best = None
+    for v in VOTE_THRESHOLDS:
+        for e in (LCC_ERRORS if canonical else (None,)):
+            dc = dataclasses.replace(ev.detect_cfg, vote_threshold=v, lcc_check=e is not None,
+                                     lcc_error=e if e is not None else ev.detect_cfg.lcc_error)
+            dets = [finish([(c.box, c.label, c.score) for c in cands if accepted(c, dc)],
+                           ev.classes, dc) for cands, _ in cached]
+            m = evaluate_detections(dets, [g for _, g in cached], ev.classes, (0.25,))["map"][0.25]
+            m = 0.0 if m != m else m
+            if best is None or m > best[0] + 1e-12:
+                best = (m, v, e)
+    return {"vote_threshold": best[1], "lcc_error": best[2], "train_map25": best[0]}
+
+
+@entry_point
+def main(argv=None) -> dict:
+    args = parse_config(EvalConfig, None, argv, default_preset=None)
+    root = runs_root(args, PAPER)
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    names = [n for n in args.run.split(",") if n] if args.run else [""]
+    runs = [resolve_run(root, n) for n in names]
+    loaded = [load_run(r, args, device) for r in runs]
+    if len(loaded) > 1:
+        heads = {cfg.head for cfg, _, _ in loaded}
+        if heads != {"separate"}:
+            raise UsageError("several --run are evaluated together only as separate models "
+                             "(--head separate, one class each); pass one run otherwise")
+        if len({(cfg.dataset, cfg.data, cfg.voxel_size, cfg.val_scenes, cfg.data_seed)
+                for cfg, _, _ in loaded}) > 1:
+            raise UsageError("the separate models were trained on different data; evaluate "
+                             "runs of the same dataset together")
+    first = loaded[0][1]
+    classes = [c for _, ev, _ in loaded for c in ev.classes]
+    n = first.n_eval
+    dets = [[d for _, ev, _ in loaded for d in ev.detections(i)] for i in range(n)]
+    gts = []
+    for i in range(n):
+        s = first.sample(i)
+        names_ = [first.dataset_classes[l] for l in s.box_labels.tolist()]
+        keep = [j for j, c in enumerate(names_) if c in classes]
+        gts.append(SceneBoxes(s.boxes.double().numpy()[keep], [names_[j] for j in keep]))
+    res = evaluate_detections(dets, gts, classes, IOUS)
+    print(f"{', '.join(str(r) for r in runs)} (step {', '.join(str(s) for _, _, s in loaded)}): "
+          f"{n} validation scenes, {sum(len(d) for d in dets)} detections")
+    print(f"  {'class':<12} {'GT':>5} {'AP@0.25':>8} {'AP@0.5':>8}")
+    for c in classes:
+        print(f"  {c:<12} {res['gt_count'][c]:>5} {100 * res['ap'][0.25][c]:>8.1f} "
+              f"{100 * res['ap'][0.5][c]:>8.1f}")
+    print(f"  {'mAP':<12} {'':>5} {100 * res['map'][0.25]:>8.1f} {100 * res['map'][0.5]:>8.1f}",
+          flush=True)
+    out = {"map25": res["map"][0.25], "map50": res["map"][0.5], "ap": res["ap"],
+           "runs": [str(r) for r in runs], "detections": sum(len(d) for d in dets)}
+    if args.picture and len(loaded) == 1:
+        out["picture"] = str(first.picture(runs[0] / "detections.png"))
+        print(f"wrote {out['picture']}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

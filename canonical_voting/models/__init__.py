@@ -1,0 +1,1 @@
+"""Models of Canonical Voting: the sparse backbone and the detection heads."""
