@@ -44,7 +44,7 @@ test-%: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests/test_$*
 
 train-%: setup
-	$(RUN) $*.train $(SEP) --preset $(PRESET) $(RUN_FLAGS)
+	$(RUN) $*.train $(SEP) --preset $(PRESET) $(if $(MODEL),--model $(MODEL)) $(RUN_FLAGS)
 
 eval-%: setup
 	$(PY) -m $*.eval $(RUN_FLAGS)

@@ -103,6 +103,9 @@ class Config(TrainConfig):
     nms_iou: float = 0.3
     eval_scenes: int = 0
     """validation scenes evaluated; 0 = all"""
+    calibrate_scenes: int = 8
+    """after training, also choose the inference thresholds on this many training scenes and
+    report the mAP with them (0 = off; the ScanNet presets use the paper's thresholds)"""
     picture: bool = True
     """end the run with detections.png of one validation scene"""
 
@@ -134,7 +137,7 @@ class Config(TrainConfig):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1; got {getattr(self, name)}")
         for name in ("vote_voxel", "vote_threshold", "suppress_radius", "min_points",
-                     "eval_scenes", "bn_decay_every"):
+                     "eval_scenes", "bn_decay_every", "calibrate_scenes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0; got {getattr(self, name)}")
         for name in ("active_weight", "active_fraction", "bn_momentum", "bn_momentum_min"):
@@ -166,7 +169,7 @@ _TINY = dict(threads=1)
 # the paper's ScanNet + Scan2CAD rows: 1,201 scans, batch 3 -> 400 steps/epoch, 160 epochs
 _SCANNET = dict(dataset="scannet", backbone="minkunet34c", voxel_size=0.03, batch_size=3,
                 steps=64_000, eval_every=4_000, ckpt_every=4_000, lr=1e-3, lr_drops=(0.5, 0.75),
-                bn_momentum=0.5, bn_decay_every=0.125, log_every=50)
+                bn_momentum=0.5, bn_decay_every=0.125, log_every=50, calibrate_scenes=0)
 
 PRESETS = {
     "tiny": dict(_TINY),

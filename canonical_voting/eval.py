@@ -25,8 +25,7 @@ from shared.train.config import ConfigError
 from shared.train.run import checkpoint_files, resolve_run
 
 from .config import Config
-from .data import build_data, voxelize
-from .detect import accepted, candidates, finish, vote_maps
+from .data import build_data
 from .metrics import SceneBoxes, evaluate_detections
 from .train import IOUS, Evaluator, build_model, model_classes
 
@@ -83,39 +82,6 @@ def load_run(run: Path, args: EvalConfig, device) -> tuple[Config, Evaluator, in
                          f"describes: {str(exc).splitlines()[0]}") from None
     model.to(device)
     return cfg, Evaluator(cfg, model, val, classes, dataset_classes, device), int(state["step"])
-
-
-VOTE_THRESHOLDS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
-LCC_ERRORS = (0.3, 0.5, 0.8, 1.2, None)          # None: no LCC check
-
-
-def calibrate(ev: Evaluator, train_scenes, count: int) -> dict:
-    """The paper chose its inference thresholds by cross-validation on training data; here each
-    method's own thresholds are chosen the same way for every run: the vote threshold (and, for
-    canonical voting, the LCC-check threshold, or no check) maximising mAP@0.25 on the first
-    ``count`` training scenes (no augmentation). The peaks are extracted once per scene at the
-    lowest threshold (:func:`canonical_voting.detect.candidates`), and each setting only filters
-    them. A tie keeps the earlier grid entry."""
-    samples = [voxelize(train_scenes.raw(i), ev.cfg.voxel_size)
-               for i in range(min(count, len(train_scenes)))]
-    low = dataclasses.replace(ev.detect_cfg, vote_threshold=min(VOTE_THRESHOLDS))
-    cached = []
-    for s in samples:
-        pred = ev.predict(s)
-        cached.append((candidates(vote_maps(pred, low), pred, low), ev.ground_truth(s)))
-    canonical = ev.cfg.method == "canonical"
-    best = None
-    for v in VOTE_THRESHOLDS:
-        for e in (LCC_ERRORS if canonical else (None,)):
-            dc = dataclasses.replace(ev.detect_cfg, vote_threshold=v, lcc_check=e is not None,
-                                     lcc_error=e if e is not None else ev.detect_cfg.lcc_error)
-            dets = [finish([(c.box, c.label, c.score) for c in cands if accepted(c, dc)],
-                           ev.classes, dc) for cands, _ in cached]
-            m = evaluate_detections(dets, [g for _, g in cached], ev.classes, (0.25,))["map"][0.25]
-            m = 0.0 if m != m else m
-            if best is None or m > best[0] + 1e-12:
-                best = (m, v, e)
-    return {"vote_threshold": best[1], "lcc_error": best[2], "train_map25": best[0]}
 
 
 @entry_point

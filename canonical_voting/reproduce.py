@@ -10,7 +10,7 @@ canonical_voting/results/:
 1. ``scaled_down``: mAP@0.25 and mAP@0.5, mean +- std over seeds, per method, evaluated (a) with
    the paper's inference thresholds, (b) for canonical voting also without the LCC check (the
    paper's ablation), (c) with each run's thresholds chosen on 8 training rooms by one rule for
-   all runs (:func:`canonical_voting.eval.calibrate`; the paper cross-validated its thresholds),
+   all runs (:meth:`canonical_voting.train.Evaluator.calibrate`; the paper cross-validated its thresholds),
    and the per-point "centre error of the right vote"; beside the paper's claims (ScanNet +
    Scan2CAD: +8.8 mAP over VoteNet in the arXiv v1 abstract; 15.4 joint / 21.7 per-category mAP
    at IoU 0.5 vs VoteNet's 10.3 / 11.9 on the authors' page; the ablations "no back-projection
@@ -54,8 +54,7 @@ PAPER_PER_CLASS = {   # class: (Canonical Voting joint, per-category, VoteNet jo
     "sofa": (39.5, 31.3, 2.5, 0.5), "cabinet": (17.0, 15.2, 1.9, 4.4),
     "bookshelf": (14.2, 8.9, 0.0, 0.1)}
 METHODS = ("canonical", "regression")
-CALIBRATION_SCENES = 8
-"""training rooms on which each run's inference thresholds are chosen (the paper: cross-validation)"""
+
 LABEL = {"canonical": "Canonical Voting (LCC + voting over 120 yaws + LCC check)",
          "regression": "direct regression (VoteNet-style offset + heading bins)"}
 
@@ -78,37 +77,24 @@ class ReproConfig(ResultsConfig):
     """parallel training processes; 0 = 2 when the machine has 2 or more cores, else 1"""
 
 
-def _train(argv: list[str], calibration_scenes: int = 8) -> dict:
-    """One training run; canonical runs are also evaluated without the LCC check (the paper's
-    'no back-projection check' ablation, same weights)."""
+def _train(argv: list[str]) -> dict:
+    """One training run (which also evaluates with thresholds chosen on training rooms);
+    canonical runs are evaluated once more without the LCC check (the paper's 'no
+    back-projection check' ablation, same weights)."""
     import dataclasses
     from pathlib import Path
 
     import torch
 
-    from .eval import EvalConfig, calibrate, load_run
+    from .eval import EvalConfig, load_run
     from .train import main as train_main
     summary = train_main(argv)
     out = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, dict)) or v is None}
-    run = Path(summary["run_dir"])
-    cfg, ev, _ = load_run(run, EvalConfig(), torch.device("cpu"))
+    cfg, ev, _ = load_run(Path(summary["run_dir"]), EvalConfig(), torch.device("cpu"))
     if cfg.method == "canonical":
         ev.detect_cfg = dataclasses.replace(ev.detect_cfg, lcc_check=False)
         ablation = ev.evaluate()
         out.update(nocheck_map25=ablation["map25"], nocheck_map50=ablation["map50"])
-        ev.detect_cfg = cfg.detect_config()
-    from .data import build_data
-    train_scenes = build_data(cfg)[0]
-    chosen = calibrate(ev, train_scenes, calibration_scenes)
-    ev.detect_cfg = dataclasses.replace(
-        ev.detect_cfg, vote_threshold=chosen["vote_threshold"],
-        lcc_check=chosen["lcc_error"] is not None,
-        lcc_error=chosen["lcc_error"] or ev.detect_cfg.lcc_error)
-    tuned = ev.evaluate()
-    out.update(cal_map25=tuned["map25"], cal_map50=tuned["map50"], cal_ap25=tuned["ap25"],
-               cal_ap50=tuned["ap50"],
-               cal_vote_threshold=chosen["vote_threshold"],
-               cal_lcc_error=("off" if chosen["lcc_error"] is None else chosen["lcc_error"]))
     return out
 
 
@@ -125,16 +111,16 @@ def run_all(cfg: ReproConfig, runs: Path) -> list[dict]:
                     "--log_every", "25"]
             if cfg.smoke:
                 argv += ["--steps", "2", "--train_scenes", "4", "--val_scenes", "1",
-                         "--scene_points", "2000", "--batch_size", "2", "--voxel_size", "0.1"]
+                         "--scene_points", "2000", "--batch_size", "2", "--voxel_size", "0.1",
+                         "--calibrate_scenes", "1"]
             elif cfg.steps:
                 argv += ["--steps", str(cfg.steps)]
             jobs.append((method, seed, argv))
     workers = n_workers(cfg)
     results = {}
-    calib = 1 if cfg.smoke else CALIBRATION_SCENES
     if workers == 1:
         for method, seed, argv in jobs:
-            results[(method, seed)] = _train(argv, calib)
+            results[(method, seed)] = _train(argv)
     else:
         # the scene cache is written once before the workers read it
         from .data import procedural_split
@@ -144,7 +130,7 @@ def run_all(cfg: ReproConfig, runs: Path) -> list[dict]:
             procedural_split("val", t.val_scenes, t.scene_points, t.data_seed)
         ctx = multiprocessing.get_context("spawn")
         with futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            pending = {pool.submit(_train, argv, calib): (m, s) for m, s, argv in jobs}
+            pending = {pool.submit(_train, argv): (m, s) for m, s, argv in jobs}
             for f in futures.as_completed(pending):
                 results[pending[f]] = f.result()
     rows = []
@@ -255,7 +241,7 @@ def main(argv=None):
              "paper's thresholds: 120 yaws, 60 votes at 3 cm scaled to the point density "
              "(60 * (0.03 / voxel)^2), 10 points, 20 % active at weight 0.3, LCC error 0.3, NMS 0.3; "
              f"chosen: the vote threshold (and for canonical voting the LCC error, or no check) "
-             f"maximising mAP@0.25 on {CALIBRATION_SCENES} training rooms, for every run alike "
+             f"maximising mAP@0.25 on {Config(**PRESETS['tiny']).calibrate_scenes} training rooms, for every run alike "
              "(the paper chose its thresholds by cross-validation)",
              f"wall time of the whole reproduction: {wall / 60:.1f} min "
              f"({n_workers(cfg)} training run(s) at a time, one thread each)"]

@@ -74,7 +74,8 @@ class Attacker:
         self._dst = list(self.shadow.parameters())
         self.device = self._src[0].device
         self.concurrent = concurrent
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="conadv-attack") if concurrent else None
+        self._pool = (ThreadPoolExecutor(1, thread_name_prefix="conadv-attack")
+                      if concurrent else None)
         self._stream = (torch.cuda.Stream(self.device)
                         if concurrent and self.device.type == "cuda" else None)
         self._pending = None
@@ -115,11 +116,9 @@ class Attacker:
 
     def _run(self, images, labels, ready, amp):
         enabled, dtype = amp
-        stream_ctx = contextlib.nullcontext()
-        if self._stream is not None:
-            stream_ctx = torch.cuda.stream(self._stream)
-        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
-            with stream_ctx:
+        on_cuda = self._stream is not None
+        with (torch.cuda.device(self.device) if on_cuda else contextlib.nullcontext()):
+            with (torch.cuda.stream(self._stream) if on_cuda else contextlib.nullcontext()):
                 if ready is not None:
                     self._stream.wait_event(ready)
                 with torch.autocast(self.device.type, dtype=dtype, enabled=enabled):

@@ -62,7 +62,7 @@ class Config(TrainConfig):
     label_smoothing: float = 0.1
     micro_batch: int = 0
     """per-rank micro-batch: the step accumulates gradients over batch/(ranks*micro_batch)
-    micro-batches, each with its own BatchNorm statistics (ghost BN); 0 = the whole per-rank batch"""
+    micro-batches, each with its own BatchNorm statistics (ghost BN); 0 = the per-rank batch"""
     # ---- adversarial branch
     tau: int = 1
     """ConAdv staleness: the adversarial images of step t come from the weights of step t - tau"""

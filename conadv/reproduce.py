@@ -44,6 +44,7 @@ MODES = {
     "DisAdv": ["--mode", "disadv"],
     "ConAdv": ["--mode", "conadv"],
     "ConAdv + AA": ["--mode", "conadv", "--augment", "autoaugment"],
+    "vanilla + AA": ["--mode", "vanilla", "--augment", "autoaugment"],
 }
 # The paper's ResNet-50 ImageNet top-1 (%), by batch size. [P]: the paper's abstract
 # (arXiv 2106.00221); [2nd]: the paper's vanilla LARS rows quoted by VRGD (arXiv 2309.13681,
@@ -63,7 +64,7 @@ class ReproConfig(ResultsConfig):
     batch_sizes: tuple[int, ...] = (32, 128, 512, 1024)
     seeds: tuple[int, ...] = (0, 1, 2)
     modes: tuple[str, ...] = ("vanilla", "disadv", "conadv", "conadv_aa")
-    """which of vanilla, disadv, conadv, conadv_aa (ConAdv + AutoAugment)"""
+    """which of vanilla, disadv, conadv, conadv_aa (ConAdv + AutoAugment), vanilla_aa"""
     epochs: float = 10.0
     warmup_epochs: float = 1.0
     train_size: int = 2048
@@ -77,13 +78,19 @@ class ReproConfig(ResultsConfig):
     """table name (results/<name>.md, <name>_runs.csv); another name for an ablation"""
     title: str = ""
     """table title; "" = the sweep's"""
+    paper: bool = True
+    """add the paper's rows to the table (off for ablations)"""
+    from_csv: tuple[str, ...] = ()
+    """rebuild the tables from earlier runs' <name>_runs.csv files (comma-separated) instead
+    of training"""
     readme: bool = True
     """copy the tables into conadv/README.md (full runs into results/ only)"""
 
     def validate(self) -> None:
-        keys = {"vanilla", "disadv", "conadv", "conadv_aa"}
+        keys = set(_LABEL)
         if not self.modes or set(self.modes) - keys:
-            raise ConfigError(f"--modes {','.join(self.modes)}: choose from {', '.join(sorted(keys))}")
+            raise ConfigError(f"--modes {','.join(self.modes)}: choose from "
+                              f"{', '.join(sorted(keys))}")
         if not self.batch_sizes or not self.seeds or self.jobs < 1:
             raise ConfigError("--batch_sizes and --seeds need at least one value and --jobs >= 1")
         if any(b > self.train_size for b in self.batch_sizes):
@@ -91,7 +98,8 @@ class ReproConfig(ResultsConfig):
                               f"{self.train_size}; lower it or raise --train_size")
 
 
-_LABEL = {"vanilla": "vanilla", "disadv": "DisAdv", "conadv": "ConAdv", "conadv_aa": "ConAdv + AA"}
+_LABEL = {"vanilla": "vanilla", "disadv": "DisAdv", "conadv": "ConAdv",
+          "conadv_aa": "ConAdv + AA", "vanilla_aa": "vanilla + AA"}
 
 
 def _train(argv: list[str]) -> dict:
@@ -103,7 +111,7 @@ def _train(argv: list[str]) -> dict:
     t0 = time.perf_counter()
     s = train_main(argv)
     return dict(val_acc=s["val_acc"], val_images=s["val_images"], steps=s["step"],
-                seconds=time.perf_counter() - t0)
+                train_acc=s.get("last_acc", float("nan")), seconds=time.perf_counter() - t0)
 
 
 def run_grid(cfg: ReproConfig, runs: Path) -> list[dict]:
@@ -128,7 +136,7 @@ def run_grid(cfg: ReproConfig, runs: Path) -> list[dict]:
                              "--micro_batch", str(micro)]
                 if cfg.epsilon:
                     argv += ["--epsilon", str(cfg.epsilon)]
-                cost = (1 if mode == "vanilla" else 3) * (1 + 32 / micro) / batch ** 0.1
+                cost = (1 if mode.startswith("vanilla") else 3) * (1 + 32 / micro) / batch ** 0.1
                 jobs.append((cost, dict(batch=batch, mode=label, seed=seed), argv))
     jobs.sort(key=lambda j: -j[0])
     rows = []
@@ -141,7 +149,8 @@ def run_grid(cfg: ReproConfig, runs: Path) -> list[dict]:
             results = [(meta, functools.partial(_train, argv)) for _, meta, argv in jobs]
         for meta, result in results:
             out = result()
-            rows.append(dict(meta, test_acc=100 * out["val_acc"], steps=out["steps"],
+            rows.append(dict(meta, test_acc=100 * out["val_acc"],
+                             last_step_train_acc=100 * out["train_acc"], steps=out["steps"],
                              seconds=out["seconds"], val_images=out["val_images"]))
             print(f"  batch {meta['batch']:>5} {meta['mode']:<12} seed {meta['seed']}: "
                   f"top-1 {100 * out['val_acc']:.2f}% ({out['steps']} steps, "
@@ -156,7 +165,8 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def summary_rows(runs: list[dict], modes: list[str], setting: str) -> list[dict]:
+def summary_rows(runs: list[dict], modes: list[str], setting: str,
+                 paper: bool = True) -> list[dict]:
     rows = []
     for batch in sorted({r["batch"] for r in runs}):
         here = [r for r in runs if r["batch"] == batch]
@@ -164,13 +174,45 @@ def summary_rows(runs: list[dict], modes: list[str], setting: str) -> list[dict]
         for mode in modes:
             row[mode] = _cell([r["test_acc"] for r in here if r["mode"] == mode])
         rows.append(row)
-    for batch, paper in PAPER:
+    for batch, values in PAPER if paper else ():
         row = {"setting": "paper: ResNet-50, ImageNet, 90 epochs", "batch": batch,
                "steps": round(90 * 1281167 / (int(batch[:-1]) * 1024))}
         for mode in modes:
-            row[mode] = paper.get(mode, "–")
+            row[mode] = values.get(mode, "–")
         rows.append(row)
     return rows
+
+
+def paired_rows(runs: list[dict], modes: list[str]) -> list[dict]:
+    """Per batch size, the per-seed differences of test top-1 (same seed = same data and
+    initial weights): each mode against vanilla, and ConAdv against DisAdv."""
+    pairs = [(m, "vanilla") for m in modes if m != "vanilla" and "vanilla" in modes]
+    if "ConAdv" in modes and "DisAdv" in modes:
+        pairs.append(("ConAdv", "DisAdv"))
+    if "ConAdv + AA" in modes and "vanilla + AA" in modes:
+        pairs.append(("ConAdv + AA", "vanilla + AA"))
+    rows = []
+    for batch in sorted({r["batch"] for r in runs}):
+        acc = {(r["mode"], r["seed"]): r["test_acc"] for r in runs if r["batch"] == batch}
+        row = {"batch": batch}
+        for a, b in pairs:
+            d = [acc[a, s] - acc[b, s] for (m, s) in acc if m == a and (b, s) in acc]
+            if d:
+                row[f"{a} − {b}"] = (f"{_cell(d)} "
+                                     f"({sum(x > 0 for x in d)}/{len(d)} seeds > 0)")
+        rows.append(row)
+    return rows
+
+
+def read_runs(path) -> list[dict]:
+    """The rows of a ``<name>_runs.csv``."""
+    import csv
+
+    kinds = {"batch": int, "seed": int, "steps": int, "val_images": int, "test_acc": float,
+             "last_step_train_acc": float, "seconds": float}
+    with open(path) as f:
+        return [{k: kinds.get(k, str)(v) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(f)]
 
 
 def plot(runs: list[dict], modes: list[str], path: Path, title: str) -> Path:
@@ -219,21 +261,30 @@ def main(argv=None):
         cfg.batch_sizes, cfg.seeds, cfg.jobs = (16, 32), cfg.seeds[:1], 1
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs_dir = (out / "runs" if cfg.out else REPO_ROOT / "runs" / "conadv" / "reproduce") / stamp
-    t0 = time.perf_counter()
-    runs = run_grid(cfg, runs_dir)
-    wall = time.perf_counter() - t0
-    modes = [_LABEL[m] for m in cfg.modes]
+    if cfg.from_csv:
+        runs = [r for path in cfg.from_csv for r in read_runs(path)]
+        modes = [m for m in _LABEL.values() if any(r["mode"] == m for r in runs)]
+        cfg.seeds = tuple(sorted({r["seed"] for r in runs}))
+        timing = (f"rebuilt from {', '.join(Path(p).name for p in cfg.from_csv)} (their runs "
+                  f"took {sum(r['seconds'] for r in runs) / 60:.1f} min in all, {cfg.jobs} at a "
+                  f"time)")
+    else:
+        t0 = time.perf_counter()
+        runs = run_grid(cfg, runs_dir)
+        modes = [_LABEL[m] for m in cfg.modes]
+        timing = f"grid wall time {(time.perf_counter() - t0) / 60:.1f} min with {cfg.jobs} " \
+                 f"parallel runs"
     tiny = Config(**PRESETS["tiny"])
     eps = cfg.epsilon or tiny.epsilon
     setting = ("SMOKE: 2 steps on 64 images, a code check, not a result" if cfg.smoke else
-               f"ours, SCALED DOWN: resnet_tiny, generated {tiny.img_size}px, "
+               f"SCALED DOWN: resnet_tiny, generated {tiny.img_size}px, "
                f"{cfg.train_size} images, {cfg.epochs:g} epochs")
     notes = [
         "paper: arXiv 2106.00221, ResNet-50 on ImageNet (1.28M images, 224 px, TPU v3); [P] = "
         "its abstract; [2nd] = its vanilla LARS rows as quoted by VRGD (arXiv 2309.13681, "
         "Tables 2-3); – = not retrievable (brief Sec. 7)",
-        f"ours: {setting}; test top-1 (%) on {runs[0]['val_images']} generated test images, mean ± "
-        f"std over seeds {', '.join(map(str, cfg.seeds))}; one recipe for every cell: LARS "
+        f"ours: {setting}; test top-1 (%) on {runs[0]['val_images']} generated test images, "
+        f"mean ± std over seeds {', '.join(map(str, cfg.seeds))}; one recipe for every cell: LARS "
         f"(timm) lr {tiny.lr} at batch {tiny.base_batch} scaled by sqrt(batch/"
         f"{tiny.base_batch}), trust coefficient {tiny.trust_coeff}, momentum {tiny.momentum}, "
         f"weight decay {tiny.weight_decay}, {cfg.warmup_epochs:g} epoch(s) of linear warm-up "
@@ -244,12 +295,16 @@ def main(argv=None):
         f"AutoAugment (CIFAR-10 policy)",
         f"the paper's setting and ours differ in data, model, image size and budget: the "
         f"table compares the modes with each other at each batch size, not with the paper's "
-        f"numbers; grid wall time {wall / 60:.1f} min with {cfg.jobs} parallel runs",
+        f"numbers; {timing}",
     ]
-    table = summary_rows(runs, modes, setting)
+    table = summary_rows(runs, modes, "ours, " + setting, cfg.paper)
     title = cfg.title or "Test top-1 vs global batch size: " + ", ".join(modes)
     paths = write_table(out / cfg.name, table, title, notes=notes)
-    write_table(out / f"{cfg.name}_runs", runs, f"Every run of: {title}", notes=notes)
+    paths += write_table(out / f"{cfg.name}_paired", paired_rows(runs, modes),
+                         f"Per-seed differences of test top-1 (same data and initial weights): "
+                         f"{title}", notes=notes)
+    if not cfg.from_csv:
+        write_table(out / f"{cfg.name}_runs", runs, f"Every run of: {title}", notes=notes)
     png_name = "accuracy_vs_batch.png" if cfg.name == "scaled_down" else f"{cfg.name}.png"
     png = plot(runs, modes, out / png_name,
                "SCALED DOWN: resnet_tiny on generated 16px images"

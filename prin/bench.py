@@ -2,9 +2,10 @@
 (``make bench-prin``), written to prin/results/:
 
 1. ``bench_so3``: an SO(3) convolution (equatorial kernel, C -> C channels, batch B) at bandwidth
-   8/16/32 through our FFTs, the general spectral path (``M^l = Σ_k w_k D^l(g_k)`` per degree)
-   it replaces, and, at small bandwidth, a direct evaluation of ``h(R) = Σ_k w_k f(R g_k)`` at every
-   grid rotation from the Wigner-D series (no FFT) on one channel, with the largest difference.
+   8/16/32: the whole layer, its FFTs, and its spectral channel mixing with the equatorial
+   factorisation against the general ``M^l = Σ_k w_k D^l(g_k)`` product it replaces (s2cnn's
+   route); at small bandwidth also a direct evaluation of ``h(R) = Σ_k w_k f(R g_k)`` at every grid
+   rotation from the Wigner-D series (no FFT) on one channel, with the largest difference.
 2. ``bench_models``: forward throughput (eval mode) and training steps (forward, backward, Adam) of
    SPRIN, PRIN and PointNet on the same clouds, in the CPU presets' sizes and in the paper's;
    the ratio column is against PointNet of the same size, measured in the same process.
@@ -36,8 +37,10 @@ class BenchConfig(ResultsConfig):
     bandwidths: tuple[int, ...] = (8, 16, 32)
     direct_bandwidths: tuple[int, ...] = (4, 8)
     """bandwidths at which the direct (Wigner series) evaluation also runs"""
-    channels: int = 16
-    batch: int = 2
+    channels: int = 40
+    """PRIN's width"""
+    batch: int = 8
+    """at b = 32: batch / 8 (the grid has 8x the voxels)"""
     repeat: int = 3
     threads: int = 1
     seed: int = 0
@@ -59,24 +62,31 @@ def bench_so3(cfg: BenchConfig) -> list[dict]:
     for b in sorted(set(cfg.bandwidths) | set(cfg.direct_bandwidths)):
         row = {"bandwidth": b, "grid": f"{2 * b}^3", "coefficients": so3.layout(b).size}
         if b in cfg.bandwidths:
-            C, B = cfg.channels, cfg.batch
+            C = cfg.channels
+            B = cfg.batch if b <= 16 else max(1, cfg.batch // 8)      # b = 32: 8x the voxels
             layer = so3.SO3Convolution(C, C, b)
             x = torch.randn(2 * b, 2 * b, 2 * b, B, C, generator=gen)
-            with torch.no_grad():
-                fwd = time_fn(lambda: layer(x), warmup=1, repeat=cfg.repeat)
-            xg = x.clone().requires_grad_(True)
-            train = time_fn(lambda: layer(xg).square().mean().backward(), warmup=1, repeat=cfg.repeat)
             table = so3.kernel_wigner(so3.equatorial_rotations(b), b, torch.complex64)
 
-            def general():
-                M = so3.kernel_matrices(layer._weights(torch.float32), table, b)
-                return so3.so3_rifft(so3.so3_correlate(so3.so3_rfft(x), M, b), b)
+            def general_mix(spec):
+                return so3.so3_correlate(spec, so3.kernel_matrices(layer._weights(torch.float32),
+                                                                   table, b), b)
             with torch.no_grad():
-                gen_t = time_fn(general, warmup=1, repeat=cfg.repeat)
-            row.update({f"FFT conv fwd (ms), C={C}, B={B}": _ms(fwd),
-                        "FFT conv fwd+bwd (ms)": _ms(train),
-                        "general spectral fwd (ms)": _ms(gen_t),
-                        "general / factorized": gen_t["median"] / fwd["median"]})
+                fwd = time_fn(lambda: layer(x), warmup=1, repeat=cfg.repeat)
+                spec = so3.so3_rfft(x)
+                t_rfft = time_fn(lambda: so3.so3_rfft(x), warmup=1, repeat=cfg.repeat)
+                t_rifft = time_fn(lambda: so3.so3_rifft(spec, b), warmup=1, repeat=cfg.repeat)
+                t_fact = time_fn(lambda: layer.mix(spec), warmup=1, repeat=cfg.repeat)
+                t_gen = time_fn(lambda: general_mix(spec), warmup=1, repeat=cfg.repeat)
+                diff = (layer.mix(spec) - general_mix(spec)).abs().max().item()
+            xg = x.clone().requires_grad_(True)
+            train = time_fn(lambda: layer(xg).square().mean().backward(), warmup=1, repeat=cfg.repeat)
+            row.update({"C": C, "B": B, "conv fwd (ms)": _ms(fwd), "conv fwd+bwd (ms)": _ms(train),
+                        "forward FFT (ms)": _ms(t_rfft), "inverse FFT (ms)": _ms(t_rifft),
+                        "mixing, equatorial factorisation (ms)": _ms(t_fact),
+                        "mixing, general M^l (ms)": _ms(t_gen),
+                        "general / factorised mixing": t_gen["median"] / t_fact["median"],
+                        "max |factorised - general|": diff})
         if b in cfg.direct_bandwidths:
             one = so3.SO3Convolution(1, 1, b).double()
             x1 = torch.randn(2 * b, 2 * b, 2 * b, 1, 1, dtype=torch.float64, generator=gen)
@@ -157,12 +167,12 @@ def main(argv=None):
     note = [f"one process, {cfg.threads} torch thread(s), median of {cfg.repeat}; a CPU shared "
             f"with other jobs, so ratios are more telling than absolute times"]
     rows = bench_so3(cfg)
-    paths = write_table(out / "bench_so3", rows, "SO(3) convolution: FFT (ours) vs general "
-                        "spectral path vs direct evaluation", seed=cfg.seed,
-                        notes=note + ["general spectral: per-degree products with "
-                                      "M^l = Σ_k w_k D^l(g_k), the D table precomputed (s2cnn's "
-                                      "route, our transforms); direct: the "
-                                      "Wigner-D series at R g_k for every grid R (float64)"])
+    paths = write_table(out / "bench_so3", rows, "SO(3) convolution: FFT layer, factorised vs "
+                        "general spectral mixing, direct evaluation", seed=cfg.seed,
+                        notes=note + ["general M^l: per-degree products with M^l = Σ_k w_k "
+                                      "D^l(g_k), the D table precomputed (s2cnn's route); "
+                                      "direct: the Wigner-D series at R g_k for every grid R "
+                                      "(float64)"])
     mrows = bench_models(cfg)
     paths += write_table(out / "bench_models", mrows, "Throughput of SPRIN, PRIN and PointNet",
                          seed=cfg.seed, notes=note + [

@@ -16,12 +16,17 @@ under one fixed uniform rotation per shape (AR). Writes to prin/results/:
    from the unrotated and from the rotated input.
 
 Runs go through ``python -m prin.train`` in ``--workers`` processes (one torch thread each).
+Ablations: ``--long_steps`` (seed 0 of the NR segmentation runs trained longer, built in),
+``--lr X`` (one learning rate for every arm) and ``--points N``, each with ``--tag NAME`` so that
+its tables get their own names. ``--runs_dir DIR`` rebuilds the tables from an earlier
+reproduce's checkpoints (re-evaluated, nothing trained).
 PRIN runs at bandwidth ``--bandwidth`` (8 by default: 16 does not fit the 30-minute CPU budget,
 see README). ``--smoke``: 2 steps, one seed, NR only (a code check, never written to results/).
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import multiprocessing as mp
 import statistics
 import time
@@ -29,10 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from shared.bench import ResultsConfig, copy_tables_to_readme, results_dir, write_table
 from shared.pointcloud.render import render_grid
-from shared.train import entry_point, parse_config
+from shared.errors import UsageError
+from shared.train import entry_point, parse_config, read_metrics
 from shared.train.cli import REPO_ROOT
 from shared.train.config import ConfigError
 
@@ -64,6 +71,14 @@ class ReproConfig(ResultsConfig):
     """PRIN's bandwidth in these runs"""
     workers: int = 2
     """training processes at once (one torch thread each)"""
+    lr: float = 0.0
+    """0 = each network's published learning rate (PRIN 0.01, SPRIN and PointNet 1e-3); else one
+    learning rate for every arm (an ablation)"""
+    tag: str = ""
+    """suffix of the table and picture names (ablations: ``--tag points512``)"""
+    runs_dir: str = ""
+    """rebuild the tables from the runs of an earlier reproduce (its run directory under
+    runs/prin/reproduce): the checkpoints are re-evaluated, nothing is trained"""
     long_steps: int = 900
     """ablation: seed 0 of each model's NR segmentation run again with this many steps (the
     budget check behind a result that contradicts the paper); 0 = skip"""
@@ -74,6 +89,10 @@ class ReproConfig(ResultsConfig):
         if bad:
             raise ConfigError(f"unknown entries {bad}: --models from {MODELS}, --tasks from "
                               f"{TASKS}, --train_rotations from nr, ar")
+        if self.tag and not all(c.isalnum() or c in "-_." for c in self.tag):
+            raise ConfigError(f"--tag {self.tag!r}: use letters, digits, '-', '_' or '.'")
+        if self.lr < 0:
+            raise ConfigError(f"--lr must be >= 0 (0 = each network's published rate); got {self.lr}")
         if min(self.seeds, self.steps, self.points, self.workers, self.bandwidth) < 1:
             raise ConfigError("--seeds, --steps, --points, --workers and --bandwidth must be >= 1")
         if self.points < 32:
@@ -81,11 +100,27 @@ class ReproConfig(ResultsConfig):
 
 
 def _train(argv: list[str]) -> dict:
-    """One training run in a worker process; returns its summary (final metrics and lists)."""
+    """One training run in a worker process; returns its summary (final metrics and lists) and
+    records its CPU time in the run directory (``reproduce.json``)."""
     from .train import main
     t0 = time.process_time()
     s = main(argv)
     s["cpu_seconds"] = time.process_time() - t0
+    Path(s["run_dir"], "reproduce.json").write_text(json.dumps({"cpu_seconds": s["cpu_seconds"]}))
+    return s
+
+
+def _rebuild(run: Path) -> dict:
+    """The summary of a finished run, from its checkpoint (re-evaluated) and its files."""
+    from .eval import load_run
+    from .train import evaluate
+    if not (run / "checkpoint.pt").is_file():
+        raise UsageError(f"--runs_dir: {run} has no checkpoint.pt; was the reproduce complete?")
+    cfg, model, test, _ = load_run(run)
+    s = evaluate(model, test, cfg, torch.device("cpu"))
+    extra = run / "reproduce.json"
+    s["cpu_seconds"] = json.loads(extra.read_text())["cpu_seconds"] if extra.is_file() else float("nan")
+    s["wall_seconds"] = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r][-1]["time"]
     return s
 
 
@@ -101,7 +136,8 @@ def run_grid(cfg: ReproConfig, runs: Path) -> dict:
                             "--train_rotation", rot, "--seed", str(seed), "--steps", str(cfg.steps),
                             "--points", str(cfg.points), "--bandwidth", str(cfg.bandwidth),
                             "--sprin_levels", f"{cfg.points // 8},{cfg.points // 32}",
-                            "--eval_every", "0", "--quiet", "--run", name, "--out_dir", str(runs)]
+                            "--eval_every", "0", "--quiet", "--run", name, "--out_dir", str(runs),
+                            "--lr", str(cfg.lr)]
                     if cfg.smoke:
                         argv += ["--steps", "2", "--warmup_steps", "0", "--per_category", "2",
                                  "--test_per_category", "1", "--eval_batch_size", "11"]
@@ -113,6 +149,10 @@ def run_grid(cfg: ReproConfig, runs: Path) -> dict:
             argv[argv.index("--run") + 1] += f"-long{cfg.long_steps}"
             jobs[("seg-long", cfg.train_rotations[0], model, 0)] = argv
     out = {}
+    if cfg.runs_dir:
+        for key, argv in jobs.items():
+            out[key] = _rebuild(Path(cfg.runs_dir) / argv[argv.index("--run") + 1])
+        return out
     if cfg.workers == 1:
         for key, argv in jobs.items():
             out[key] = _train(argv)
@@ -183,7 +223,8 @@ def longer_budget_rows(cfg, results) -> list[dict]:
             rows.append({"model": LABEL[model], "steps": steps, "seed": 0,
                          f"{tr}/NR inst": f"{100 * s['nr_inst_miou']:.2f}",
                          f"{tr}/AR inst": f"{100 * s['ar_inst_miou']:.2f}",
-                         "train CPU s": f"{s['cpu_seconds']:.0f}"})
+                         "train CPU s": "n/a" if s["cpu_seconds"] != s["cpu_seconds"]
+                         else f"{s['cpu_seconds']:.0f}"})
     return rows
 
 
@@ -223,47 +264,59 @@ def main(argv=None):
     if cfg.smoke:
         cfg.seeds, cfg.train_rotations, cfg.workers = 1, ("nr",), 1
     out = results_dir(RESULTS, cfg.out, cfg.smoke)
+    sfx = f"_{cfg.tag}" if cfg.tag else ""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    runs = (out / "runs" if cfg.out else REPO_ROOT / "runs" / "prin" / "reproduce") / stamp
+    runs = Path(cfg.runs_dir) if cfg.runs_dir else \
+        (out / "runs" if cfg.out else REPO_ROOT / "runs" / "prin" / "reproduce") / stamp
     t0 = time.time()
     results = run_grid(cfg, runs)
     wall = time.time() - t0
     cpu = sum(s["cpu_seconds"] for s in results.values())
+    lr_text = (f"lr {cfg.lr:g} for every model" if cfg.lr else
+               "each network's published lr: PRIN 0.01, SPRIN and PointNet 1e-3")
     setting = ("SMOKE run: 2 steps, 1 seed (a code check, not a result)" if cfg.smoke else
                f"SCALED DOWN: generated shapes (11 categories, 31 parts; 440 train / 110 test), "
-               f"{cfg.points} points, {cfg.steps} steps of batch 8 (Adam lr 2e-3, cosine, jitter "
-               f"0.01), {cfg.seeds} seeds, mean ± std; PRIN at bandwidth {cfg.bandwidth} (paper "
+               f"{cfg.points} points, {cfg.steps} steps of batch 8 (Adam, {lr_text}, cosine, 20 "
+               f"warm-up steps, jitter 0.01), {cfg.seeds} seed(s), mean ± std; PRIN at "
+               f"bandwidth {cfg.bandwidth} (paper "
                f"32), SPRIN at half width and half neighbourhoods, levels {cfg.points}->"
                f"{cfg.points // 8}->{cfg.points // 32} (paper 1024->128->32); PointNet without "
                f"T-Nets at quarter width")
-    timing = (f"{len(results)} runs in {wall / 60:.1f} min wall with {cfg.workers} worker(s) "
-              f"({cpu / 60:.1f} CPU-min)")
+    if cfg.runs_dir:
+        train_wall = sum(s["wall_seconds"] for s in results.values())
+        timing = (f"tables rebuilt from the checkpoints of {Path(cfg.runs_dir).name} (re-evaluated); "
+                  f"its {len(results)} runs took {train_wall / 60:.1f} min of training wall time "
+                  f"in all, on {cfg.workers} worker(s) of a CPU shared with other jobs"
+                  + ("" if cpu != cpu else f" ({cpu / 60:.1f} CPU-min)"))
+    else:
+        timing = (f"{len(results)} runs in {wall / 60:.1f} min wall with {cfg.workers} worker(s) "
+                  f"({cpu / 60:.1f} CPU-min)")
     notes = [PAPER_SOURCE, f"ours: {setting}", timing,
              "on the generated test set every category has the same number of shapes, so class "
              "mIoU equals instance mIoU"]
     paths = []
     if "seg" in cfg.tasks:
-        paths += write_table(out / "seg_protocols", seg_rows(cfg, results),
+        paths += write_table(out / f"seg_protocols{sfx}", seg_rows(cfg, results),
                              "Part segmentation under rotation protocols (train/test), mIoU %",
                              notes=notes)
         from shared.pointcloud.shapes import CATEGORIES
         rows = per_category_rows(cfg, results, CATEGORIES)
         if rows:
-            paths += write_table(out / "seg_per_category", rows,
+            paths += write_table(out / f"seg_per_category{sfx}", rows,
                                  "Part segmentation per category, trained NR and tested AR (mIoU %, "
                                  "mean over seeds)", notes=[f"ours: {setting}"])
         rows = longer_budget_rows(cfg, results)
         if any(r["steps"] != cfg.steps for r in rows):
-            paths += write_table(out / "seg_longer_budget", rows,
+            paths += write_table(out / f"seg_longer_budget{sfx}", rows,
                                  f"Ablation: a {cfg.long_steps / cfg.steps:g}x longer budget "
                                  f"(segmentation, seed 0)", notes=[f"ours: {setting}",
                                  "the main table's 300-step seed-0 runs beside the same runs "
                                  "trained longer with the same recipe"])
-        png = pictures(cfg, runs, out / "parts_nr_ar.png")
+        png = pictures(cfg, runs, out / f"parts_nr_ar{sfx}.png")
         if png:
             paths.append(png)
     if "cls" in cfg.tasks:
-        paths += write_table(out / "cls_protocols", cls_rows(cfg, results),
+        paths += write_table(out / f"cls_protocols{sfx}", cls_rows(cfg, results),
                              "Classification under rotation protocols (train/test), accuracy %",
                              notes=notes)
     for row in seg_rows(cfg, results) if "seg" in cfg.tasks else []:

@@ -18,7 +18,6 @@ spherical FFTs run in float32).
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import torch.nn.functional as F
@@ -190,20 +189,9 @@ def summary_line(cfg: Config, s: dict) -> str:
     return f"{cfg.model} {cfg.task}: " + " | ".join(parts)
 
 
-def _model_from_make(argv):
-    """``make train-prin MODEL=prin``: make puts its command-line variables in the environment;
-    pass MODEL on as ``--model`` unless the flags name a model or a resumed run decides it."""
-    import sys
-    words = list(sys.argv[1:] if argv is None else argv)
-    model = os.environ.get("MODEL", "")
-    if model and argv is None and not any(w.split("=")[0] in ("--model", "--resume") for w in words):
-        words = ["--model", model] + words
-    return words
-
-
 @entry_point
 def main(argv=None) -> dict:
-    cfg = parse_args(Config, PRESETS, _model_from_make(argv), paper="prin")
+    cfg = parse_args(Config, PRESETS, argv, paper="prin")
     env = start(cfg)
     task = PRINTask(cfg, env)
     summary = fit(cfg, task)

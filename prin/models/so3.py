@@ -381,22 +381,25 @@ class SO3Convolution(_SphericalConv):
     ``[2b, 2b, 2b, B, C_in] -> [2b, 2b, 2b, B, C_out]``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.b
         with torch.autocast(x.device.type, enabled=False):
             x = self._check(x, "SO3Convolution", 3)
-            B = x.shape[3]
-            spec = so3_rfft(x)                                          # [K, B, C]
-            kd = _kernel_dft(self._weights(x.dtype), b).permute(2, 0, 1)    # [2b-1 (p), C, O]
-            dm = self._d(spec.dtype, x.device)
-            out = []
-            for l, blk in enumerate(so3_blocks(spec, b)):               # [l+1, 2l+1, B, C]
-                g = dm[l] @ blk.reshape(l + 1, 2 * l + 1, -1)           # Σ_n d_pn(π/2) f̂_mn
-                g = g.reshape(l + 1, 2 * l + 1, B, self.c_in).transpose(0, 1)
-                h = torch.bmm(g.reshape(2 * l + 1, -1, self.c_in), kd[b - 1 - l:b + l])
-                out.append(h.reshape(2 * l + 1, l + 1, B, self.c_out).transpose(0, 1)
-                           .reshape(-1, B, self.c_out))
-            y = so3_rifft(torch.cat(out), b)
+            y = so3_rifft(self.mix(so3_rfft(x)), self.b)
             return y + self.bias.to(y.dtype)
+
+    def mix(self, spec: torch.Tensor) -> torch.Tensor:
+        """The correlation in the spectral domain: ``[K, B, C_in] -> [K, B, C_out]``,
+        ``ĥ^l_{mp,o} = DFT(w)_{co}(p) Σ_n f̂^l_{mn,c} d^l_{pn}(π/2)`` summed over ``c``."""
+        b, B = self.b, spec.shape[1]
+        kd = _kernel_dft(self._weights(spec.real.dtype), b).permute(2, 0, 1)   # [2b-1 (p), C, O]
+        dm = self._d(spec.dtype, spec.device)
+        out = []
+        for l, blk in enumerate(so3_blocks(spec, b)):                   # [l+1, 2l+1, B, C]
+            g = dm[l] @ blk.reshape(l + 1, 2 * l + 1, -1)               # Σ_n d_pn(π/2) f̂_mn
+            g = g.reshape(l + 1, 2 * l + 1, B, self.c_in).transpose(0, 1)
+            h = torch.bmm(g.reshape(2 * l + 1, -1, self.c_in), kd[b - 1 - l:b + l])
+            out.append(h.reshape(2 * l + 1, l + 1, B, self.c_out).transpose(0, 1)
+                       .reshape(-1, B, self.c_out))
+        return torch.cat(out)
 
 
 class S2Convolution(_SphericalConv):

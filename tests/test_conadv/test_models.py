@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conadv.models import (DualBatchNorm, create_model, dual_bns, list_models, route)
+from conadv.models import create_model, dual_bns, list_models, route
 from conadv.models.dual_bn import convert_dual_bn
 
 

@@ -13,6 +13,11 @@ def test_reproduce_and_bench_smoke_write_their_tables(tmp_path):
     md = (tmp_path / "scaled_down.md").read_text()
     assert "SMOKE" in md and "75.3 [P]" in md and "76.2 [P]" in md
     assert (tmp_path / "accuracy_vs_batch.png").stat().st_size > 0
+    paired = (tmp_path / "scaled_down_paired.md").read_text()
+    assert "ConAdv − DisAdv" in paired and "seeds > 0" in paired
+    again, _ = reproduce.main(["--smoke", "--out", str(tmp_path / "again"), "--name", "again",
+                               "--from_csv", str(tmp_path / "scaled_down_runs.csv")])
+    assert again == table                                     # rebuilt without training
     rows = bench.main(["--smoke", "--out", str(tmp_path)])
     assert [r["mode"] for r in rows] == [m[0] for m in bench.MODES]
     assert all(r["ms / step"] > 0 for r in rows)

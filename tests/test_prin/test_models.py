@@ -47,9 +47,9 @@ def test_sprin_pointwise_features_are_invariant_to_random_rotations():
 
 def test_prin_pointwise_features_are_invariant_within_the_bound():
     """Grid-aligned rotations (about z by whole columns): exact. Arbitrary rotations: DAAS
-    re-samples the voxels and the grid is discrete; measured relative L2 error at b = 8 with
-    random weights about 0.013 (about 0.006 at b = 16); bound 0.05. PointNet's point features
-    change by far more (> 0.3)."""
+    re-samples the voxels and the grid is discrete; with random weights at b = 8 the relative L2
+    error of the 512 point features measured 0.010 to 0.012 over 5 rotations (0.005 to 0.007 at
+    b = 16 with 1024 points); bound 0.05. PointNet's point features change by 0.40 to 0.63."""
     b = 8
     torch.manual_seed(0)
     model = create_model("prin", "seg", num_categories=3, num_parts=5, bandwidth=b).double().eval()

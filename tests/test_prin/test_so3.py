@@ -201,8 +201,9 @@ def test_s2h_is_the_gamma_sum():
 
 def test_sampled_point_cloud_rotation_is_equivariant_within_a_bound():
     """DAAS of a rotated cloud is not the rotated DAAS grid (voxels are re-sampled), so the S2H
-    output of a rotated cloud matches the rotated output only approximately. Bound, measured
-    at b = 8 over random rotations of a 2048-point cloud (max relative L2 error about 0.2): 0.35."""
+    output of a rotated cloud matches the rotated output only approximately. At b = 8, for a
+    2048-point cloud and 6 random rotations, the relative L2 error measured 0.09 to 0.11;
+    bound 0.2."""
     b = 8
     torch.manual_seed(6)
     layer = so3.S2HConvolution(1, 4, b).double()
@@ -219,7 +220,7 @@ def test_sampled_point_cloud_rotation_is_equivariant_within_a_bound():
             expected = so3.so3_evaluate(spec[:, 0], np.linalg.inv(T) @ grid)       # (4, P)
             got = hr[..., 0, :].reshape(-1, 4).T.numpy()
             err = np.linalg.norm(got - expected) / np.linalg.norm(expected)
-            assert err < 0.35, err
+            assert err < 0.2, err
 
 
 def test_layers_gradcheck_and_shape_errors():

@@ -3,12 +3,13 @@ baseline under NR/AR, eval reproduces a run's final numbers and draws its parts,
 smoke modes write their tables, bad input ends in one line with exit status 2."""
 import json
 import os
-import sys
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from prin.eval import main as eval_main
-from prin.train import _model_from_make, main as train_main
+from prin.train import main as train_main
 from shared.train.run import read_metrics
 
 MICRO = ["--points", "128", "--per_category", "8", "--test_per_category", "3", "--batch_size", "8",
@@ -61,13 +62,12 @@ def test_classification_and_ar_training_run(runs):
     assert cfg["task"] == "cls" and cfg["train_rotation"] == "ar"
 
 
-def test_make_passes_model_through_the_environment(monkeypatch):
-    monkeypatch.setenv("MODEL", "prin")
-    monkeypatch.setattr(sys, "argv", ["prin.train", "--steps", "3"])
-    assert _model_from_make(None) == ["--model", "prin", "--steps", "3"]
-    monkeypatch.setattr(sys, "argv", ["prin.train", "--model", "sprin"])
-    assert _model_from_make(None) == ["--model", "sprin"]
-    assert _model_from_make(["--steps", "3"]) == ["--steps", "3"]      # explicit argv: untouched
+def test_make_passes_model_as_a_flag():
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(["make", "-n", "-C", str(root), "train-prin", "MODEL=prin", "PRESET=tiny"],
+                         capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines() if "prin.train" in l)
+    assert "--model prin" in line.split("prin.train", 1)[1]
 
 
 @pytest.mark.parametrize("argv,word", [
@@ -97,3 +97,15 @@ def test_reproduce_and_bench_smoke_write_tables(tmp_path):
     rows, mrows = bench_main(["--smoke", "--out", str(tmp_path / "bench")])
     assert rows[0]["max |direct - FFT|"] < 1e-10 and len(mrows) == 6
     assert os.path.isfile(tmp_path / "bench" / "bench_so3.md")
+
+
+def test_resume_continues_bit_identically(runs):
+    """Batches draw their points, jitter and rotations from the checkpointed torch RNG."""
+    args = MICRO + ["--out_dir", str(runs), "--model", "pointnet", "--steps", "6", "--warmup_steps",
+                    "1", "--log_every", "1", "--train_rotation", "ar"]
+    train_main(args + ["--run", "whole"])
+    train_main(args + ["--run", "cut", "--stop_at", "3"])
+    train_main(["--resume", str(runs / "cut"), "--out_dir", str(runs)])
+    rows = lambda r: [(m["step"], m["loss"]) for m in read_metrics(runs / r / "metrics.jsonl")  # noqa: E731
+                      if "loss" in m]
+    assert rows("cut") == rows("whole") and len(rows("whole")) == 6
