@@ -21,7 +21,10 @@ class Config(_Base):
                        "vocab_multiple", "max_bytes")
 
     depth: int = 1
-    """2.5D depth d (world size = q²·d); ignored by the other modes"""
+    """2.5D depth d (tensor grid = q²·d ranks); ignored by the other modes"""
+    dp: int = 1
+    """data-parallel replicas of the tensor grid (world size = grid × dp); each takes its chunk
+    of the global --batch_size"""
     max_bytes: int = 4_000_000
     """cap on the bytes of a text corpus (the default corpus included)"""
     seq_len: int = 64
@@ -41,7 +44,7 @@ class Config(_Base):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("depth", "seq_len", "hidden", "heads", "layers", "vocab_multiple",
+        for name in ("depth", "dp", "seq_len", "hidden", "heads", "layers", "vocab_multiple",
                      "eval_batches", "max_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1; got {getattr(self, name)}")

@@ -1,9 +1,12 @@
 """Convert a training checkpoint between layouts.
 
-Training checkpoints already hold the model (and the AdamW moments) in the *serial* layout, so
-any mode or world size can load them (``train --resume``, ``tensor_parallel.eval``). This tool:
+Training checkpoints are sharded (``torch.distributed.checkpoint``): every piece is recorded as
+a piece of the serial tensor, so any mode or world size loads them, each rank reading only what
+its own layout needs (``train --resume``, ``tensor_parallel.eval``): resharding happens at load
+time. This tool:
 
-* ``--out model.pt``: writes the plain serial ``GPT`` state dict, a file that
+* ``--out model.pt``: reads the shards in one process into the full tensors and writes the
+  plain serial ``GPT`` state dict, a file that
   ``torch.load(path, weights_only=True)`` reads and ``GPT.load_state_dict`` accepts, and its
   ``GPTConfig`` beside it as ``model.json`` (for use without this package's training loop)::
 
@@ -19,7 +22,6 @@ any mode or world size can load them (``train --resume``, ``tensor_parallel.eval
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -29,32 +31,33 @@ from pathlib import Path
 import torch
 
 from shared.errors import UsageError
-from shared.train import (ConfigError, checkpoint_files, entry_point, load_checkpoint,
-                          parse_config, resolve_run, runs_root)
+from shared.train import ConfigError, entry_point, parse_config, resolve_run, runs_root
 
 from .models import GPT, GPTConfig
 from .parallel import MODES, build_grid, check_shapes, parallelize
-from .train import PAPER, check_format
+from .train import PAPER, load_weights, read_run
 
 
-def serial_model(state: dict) -> GPT:
-    """The serial GPT of a training checkpoint (the whole file's dict)."""
-    if state.get("paper") != PAPER:
-        raise UsageError(f"a checkpoint of {state.get('paper')!r}, not of {PAPER!r}")
-    task = state["task"]
-    check_format(task)
-    model = GPT(GPTConfig(**task["gpt_config"]))
-    model.load_state_dict(task["model"])
+def serial_model(run_path) -> GPT:
+    """The serial GPT of a run's sharded checkpoint, read in this one process (DCP reshards
+    the pieces of whatever grid wrote it into the full tensors)."""
+    _, gcfg, shards = read_run(run_path)
+    with torch.device("meta"):
+        model = GPT(gcfg)
+    model = model.to_empty(device="cpu")
+    load_weights(model, shards)
     return model
 
 
-def shard_report(model: GPT, mode: str, world: int, depth: int = 1) -> list[str]:
-    """Shapes of grid rank 0's pieces under ``mode`` on ``world`` ranks (no processes started:
-    the groups are built for rank 0 without a process group, so nothing is gathered)."""
+def shard_report(cfg: GPTConfig, mode: str, world: int, depth: int = 1) -> list[str]:
+    """Shapes of grid rank 0's pieces under ``mode`` on ``world`` ranks (no processes started,
+    nothing allocated: the model is built on the meta device for rank 0's groups)."""
     topo = build_grid(mode, depth, world_size=world, rank=0)
-    check_shapes(model.cfg, topo)
+    check_shapes(cfg, topo)
+    with torch.device("meta"):
+        model = GPT(cfg)
     serial_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    pmodel = parallelize(copy.deepcopy(model), topo)
+    pmodel = parallelize(model, topo)
     lines = [f"{name}: {tuple(p.shape)}" for name, p in pmodel.gpt.named_parameters()]
     nbytes = sum(p.numel() * p.element_size() for p in pmodel.parameters())
     lines.append(f"parameter bytes on rank 0: {nbytes} (serial {serial_bytes})")
@@ -108,14 +111,13 @@ def main(argv=None) -> GPT:
         raise ConfigError("nothing to do: give --out FILE (the serial GPT) and/or --mode M "
                           "--world N (a shard report)")
     run_path = resolve_run(runs_root(args, PAPER), args.run)
-    files = checkpoint_files(run_path)
-    model = serial_model(load_checkpoint(files[0]))
+    model = serial_model(run_path)
     if args.out:
         pt, cfg_file = write_serial(model, args.out)
         print(f"wrote the serial GPT ({sum(p.numel() for p in model.parameters())} parameters) "
               f"to {pt} (state dict) and {cfg_file} (GPTConfig)")
     if args.mode:
-        for line in shard_report(model, args.mode, args.world, args.depth):
+        for line in shard_report(model.cfg, args.mode, args.world, args.depth):
             print(line)
     return model
 

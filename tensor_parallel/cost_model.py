@@ -14,10 +14,12 @@
 
 2. :class:`Cluster` + :func:`step_time`: the alpha-beta model ``t = Σ calls·α·steps + bytes/β``
    over the collectives (ring algorithm: all-reduce 2(g−1) steps, the others g−1), with the link
-   chosen by whether the group spans nodes, plus ``flops / flop_rate`` compute, no overlap.
-   Defaults describe a V100 cluster like the papers' (TACC Longhorn: 4 V100 per node with
-   NVLink 2, InfiniBand EDR between nodes). These are *our* assumptions, documented in
-   :class:`Cluster`, not numbers from the papers.
+   chosen by whether the group spans nodes and, for a shared NIC, divided among the groups that
+   leave a node at once (:func:`link`), plus ``flops / flop_rate`` compute, no overlap. Every
+   assumption is a field of :class:`Cluster` (GPUs per node, intra- and inter-node α and β,
+   per-GPU or shared NIC, placement of ranks on nodes); the defaults describe a V100 cluster
+   like the papers' (4 V100 per node with NVLink 2, InfiniBand EDR between nodes) and are
+   *our* assumptions, not numbers from the papers.
 """
 from __future__ import annotations
 
@@ -124,11 +126,17 @@ def layer_flops(N: int, s: int, h: int, backward: bool = True, attention: bool =
 
 @dataclass
 class Cluster:
-    """A GPU cluster for the projection. Defaults (our assumptions, not the papers' numbers):
+    """The network and GPUs the projection assumes: every field is an input (``reproduce.py``
+    takes them as flags). Defaults (our assumptions, not the papers' numbers):
 
     * ``gpus_per_node`` 4: TACC Longhorn/Frontera-style nodes with 4 GPUs;
     * intra-node link NVLink 2: ``beta_intra`` 75 GB/s per direction per GPU, ``alpha_intra`` 5 µs;
     * inter-node InfiniBand EDR 100 Gb/s: ``beta_inter`` 12.5 GB/s, ``alpha_inter`` 10 µs;
+    * ``nic``: ``"per_gpu"`` = each GPU has its own inter-node link of ``beta_inter``;
+      ``"shared"`` = one such link per node, shared by every group of a family whose ring
+      leaves that node during the same collective (all groups of a family run at once);
+    * ``placement``: ``"contiguous"`` = global rank r on node r // gpus_per_node (the order of
+      shared/parallel/topology.py, grid innermost); ``"round_robin"`` = node r mod nodes;
     * ``flop_rate`` 62.5 TFLOP/s: half the V100's 125 TFLOP/s fp16 tensor-core peak, a typical
       achieved rate for large matmuls in mixed precision;
     * ``bytes_per_element`` 2 (fp16 activations and weights on the wire).
@@ -138,38 +146,63 @@ class Cluster:
     beta_intra: float = 75e9
     alpha_inter: float = 10e-6
     beta_inter: float = 12.5e9
+    nic: str = "per_gpu"
+    placement: str = "contiguous"
     flop_rate: float = 62.5e12
     bytes_per_element: int = 2
 
+    def node(self, rank: int, P: int) -> int:
+        if self.placement == "contiguous":
+            return rank // self.gpus_per_node
+        if self.placement == "round_robin":
+            return rank % max(1, -(-P // self.gpus_per_node))
+        raise ValueError(f"placement {self.placement!r}: choose contiguous or round_robin")
 
-def _family_spans_nodes(mode: str, P: int, depth: int, family: str, cluster: Cluster) -> bool:
-    """Whether the group of grid rank 0 in ``family`` spans more than one node."""
+
+def _families(mode: str, family: str) -> tuple[str, ...]:
+    """The topology families a cost-model family stands for (3D alternates input/output)."""
     if mode == "3d" and family in ("input/output", "output/input"):
-        fams = ("input", "output")
-    elif mode == "3d" and family == "x_weight":
-        fams = ("input_x_weight", "output_x_weight")
-    else:
-        fams = (family,)
+        return ("input", "output")
+    if mode == "3d" and family == "x_weight":
+        return ("input_x_weight", "output_x_weight")
+    return (family,)
+
+
+def link(mode: str, P: int, depth: int, family: str, cluster: Cluster) -> tuple[float, float]:
+    """(latency α, bandwidth β per rank) of a collective on ``family``: intra-node when no group
+    of the family spans nodes; otherwise the inter-node link, divided with a shared NIC by the
+    number of the family's node-spanning groups present on the busiest node (their rings leave
+    that node at the same time; a ring ordered by node leaves each node once)."""
+    if cluster.nic not in ("per_gpu", "shared"):
+        raise ValueError(f"nic {cluster.nic!r}: choose per_gpu or shared")
     members = group_members(mode, P, depth=depth)
-    spans = []
-    for fam in fams:
-        group = next(g for g in members[fam] if 0 in g)
-        spans.append(len({r // cluster.gpus_per_node for r in group}) > 1)
-    return any(spans)
+    share, spans = 1, False
+    for fam in _families(mode, family):
+        per_node: dict[int, int] = {}
+        for group in members[fam]:
+            nodes = {cluster.node(r, P) for r in group}
+            if len(nodes) > 1:
+                spans = True
+                for n in nodes:
+                    per_node[n] = per_node.get(n, 0) + 1
+        if per_node and cluster.nic == "shared":
+            share = max(share, max(per_node.values()))
+    if not spans:
+        return cluster.alpha_intra, cluster.beta_intra
+    return cluster.alpha_inter, min(cluster.beta_intra, cluster.beta_inter / share)
 
 
 def step_time(mode: str, P: int, N: int, s: int, h: int, layers: int, depth: int = 1,
               cluster: Cluster | None = None, backward: bool = True) -> dict:
-    """Projected seconds per step of ``layers`` transformer layers: compute + communication."""
+    """Projected seconds per step of ``layers`` transformer layers: compute + communication
+    (no overlap)."""
     cluster = cluster or Cluster()
     colls = layer_collectives(mode, P, N, h, depth)
     if not backward:                                   # inference: the forward pass only
         colls = [c for c in colls if c.phase == "fwd"]
     comm = 0.0
     for c in colls:
-        inter = _family_spans_nodes(mode, P, depth, c.family, cluster)
-        alpha = cluster.alpha_inter if inter else cluster.alpha_intra
-        beta = cluster.beta_inter if inter else cluster.beta_intra
+        alpha, beta = link(mode, P, depth, c.family, cluster)
         comm += c.calls * STEPS[c.op](c.size) * alpha
         comm += c.sent_elements * cluster.bytes_per_element / beta
     compute = layer_flops(N, s, h, backward) / P / cluster.flop_rate

@@ -5,25 +5,28 @@
     torchrun --standalone --nproc-per-node 8 -m tensor_parallel.eval -- --run RUN --mode 3d
     make eval-tensor_parallel [MODE=2d] [ARGS="--run RUN"]
 
-The run's config comes from its ``config.json``; ``--mode``, ``--depth``, ``--data``,
-``--eval_batches`` and ``--batch_size`` override it. The checkpoint is in the serial layout, so
-it does not matter which mode or world size wrote it.
+The run's config comes from its ``config.json``; ``--mode``, ``--depth``, ``--dp``, ``--data``,
+``--eval_batches`` and ``--batch_size`` override it. The checkpoint is sharded in pieces of the
+serial tensors, so it does not matter which mode or world size wrote it: each rank reads only its
+own pieces (``torch.distributed.checkpoint``) into a model built on the meta device, so no rank
+holds the whole model.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-from shared.errors import UsageError
+import torch
+
 from shared.train import EvalConfig as BaseEvalConfig
-from shared.train import (ConfigError, checkpoint_files, entry_point, load_checkpoint,
-                          load_config, log0, parse_config, resolve_run, runs_root, start)
+from shared.train import (ConfigError, entry_point, load_config, log0, parse_config, resolve_run,
+                          runs_root, start)
 
 from .config import Config
 from .data import load_corpus
-from .models import GPT, GPTConfig
+from .models import GPT
 from .parallel import build_grid, check_shapes, parallelize
-from .train import PAPER, check_format, evaluate_loss
+from .train import PAPER, evaluate_loss, load_weights, read_run
 
 
 @dataclass
@@ -37,6 +40,8 @@ class EvalConfig(BaseEvalConfig):
     batch_size: int = 0
     """0 = the run's"""
     threads: int = 1
+    dp: int = 1
+    """data-parallel replicas of the grid (world = grid × dp)"""
 
 
 def run_config(ecfg: EvalConfig):
@@ -50,6 +55,7 @@ def run_config(ecfg: EvalConfig):
     cfg = load_config(Config, run_path / "config.json")
     changes = {k: getattr(ecfg, k) for k in ("mode", "depth", "data", "eval_batches",
                                              "batch_size") if getattr(ecfg, k)}
+    changes["dp"] = ecfg.dp
     changes.update(device=ecfg.device, timeout=ecfg.timeout, threads=ecfg.threads, resume="")
     cfg = dataclasses.replace(cfg, **changes)
     cfg.validate()
@@ -58,23 +64,15 @@ def run_config(ecfg: EvalConfig):
 
 def evaluate_run(ecfg: EvalConfig) -> float:
     run_path, cfg = run_config(ecfg)
-    files = checkpoint_files(run_path)
-    if files[0].name != "checkpoint.pt":
-        raise UsageError(f"{run_path} holds per-rank checkpoint files, not the serial-layout "
-                         f"checkpoint.pt of a tensor_parallel run")
+    state, gcfg, shards = read_run(run_path)
     env = start(cfg)
-    state = load_checkpoint(files[0])
-    if state.get("paper") != PAPER:
-        raise UsageError(f"{files[0]} is a checkpoint of {state.get('paper')!r}, not of "
-                         f"{PAPER!r}; evaluate it with that paper's eval")
     task_state = state["task"]
-    check_format(task_state)
-    gcfg = GPTConfig(**task_state["gpt_config"])
-    topo = build_grid(cfg.mode, cfg.depth)
+    topo = build_grid(cfg.mode, cfg.depth, dp=cfg.dp)
     check_shapes(gcfg, topo, cfg.batch_size)
-    serial = GPT(gcfg)
-    serial.load_state_dict(task_state["model"])
-    pmodel = parallelize(serial, topo).to(env.device)
+    with torch.device("meta"):
+        serial = GPT(gcfg)
+    pmodel = parallelize(serial, topo).to_empty(device=env.device)
+    load_weights(pmodel, shards)
     corpus = load_corpus(cfg.data or None, max_bytes=cfg.max_bytes)
     loss = evaluate_loss(pmodel, corpus, cfg, env.device, ecfg.split)
     log0(f"{PAPER} eval: {run_path} (step {state['step']}, written by {task_state['mode']} on "

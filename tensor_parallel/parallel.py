@@ -1,10 +1,12 @@
 """How the GPT is distributed: Megatron 1D, Optimus 2D, Tesseract 2.5D and 3D tensor parallelism,
 written as a plan keyed by module name and applied from outside the serial model.
 
-    topo = build_grid("2d")                        # or "1d", "2p5d" (depth=d), "3d"
-    pmodel = parallelize(GPT(cfg), topo)           # in place: every rank passes the same model
+    topo = build_grid("2d", dp=2)                  # or "1d", "2p5d" (depth=d), "3d"; × dp
+    pmodel = build_parallel(cfg, topo)             # only this rank's pieces, serial init values
+    pmodel = parallelize(GPT(cfg), topo)           # or: cut a given serial model (in place)
     local_logits, loss = pmodel(idx, targets)      # idx/targets: the full global batch
     serial_state_dict(pmodel)                      # == the serial state dict (gathered)
+    pmodel.sharded_state_dict(optimizer)           # DTensors of the serial tensors (DCP)
 
 The plan is the same for every mode (:func:`tensor_parallel_plan`)::
 
@@ -37,9 +39,13 @@ vocabulary chunks of the same rows (1d: tensor; 2d/2p5d: row; 3d: input).
 
 Parameter names stay those of the serial model, so :func:`serial_state_dict` gathers every
 piece back under its serial name, and :func:`shard_state` cuts a serial-layout dict (weights or
-optimizer moments) into this rank's pieces. :meth:`ParallelGPT.grad_norm_parts` tells the
-training core which group each gradient piece is sharded over, so that clipping uses the norm of
-the serial model's gradient.
+optimizer moments) into this rank's pieces. Each layout's ``spec`` says where a piece sits in
+the serial tensor (which grid coordinate splits which dimension): it gives the pieces' initial
+values (:meth:`ParallelGPT.init_shards`) and their DTensor placements for
+``torch.distributed.checkpoint`` (:meth:`ParallelGPT.sharded_state_dict`), so a checkpoint
+written under one layout loads under any other. :meth:`ParallelGPT.grad_plans` tells the training
+core to sum gradients over the data replicas and which group each gradient piece is sharded
+over, so that clipping uses the norm of the serial model's gradient.
 """
 from __future__ import annotations
 
@@ -49,15 +55,15 @@ import math
 import torch
 import torch.nn as nn
 
-from shared.parallel.comm import raw_all_gather, reduce_from_group
+from shared.parallel.comm import raw_all_gather, raw_split, reduce_from_group
 from shared.parallel.plan import apply_plan
-from shared.parallel.topology import TopologyError, build_topology, world_group
+from shared.parallel.topology import TopologyError, build_topology, coordinates, world_group
 from shared.parallel.tp1d import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
                                   parallel_dropout, vocab_parallel_cross_entropy)
 from shared.train.config import ConfigError
-from shared.train.gradients import NormPart
+from shared.train.gradients import GradSync, NormPart
 
-from .models.gpt import GPT, GPTConfig, attention_core
+from .models.gpt import GPT, GPTConfig, attention_core, init_values
 from .parallel_2d import Embedding2D, Grid2D, LayerNorm2D, Linear2D
 from .parallel_3d import Embedding3D, Groups3D, LayerNorm3D, Linear3D
 
@@ -68,20 +74,26 @@ MODES = ("1d", "2d", "2p5d", "3d")
 # the grid and the shapes it can split, checked before any work
 
 def build_grid(mode: str, depth: int = 1, world_size: int | None = None,
-               rank: int | None = None):
-    """The topology of ``mode`` over the whole job (``world_size``/``rank`` default to the job's).
+               rank: int | None = None, dp: int = 1):
+    """The topology of ``mode`` × ``dp`` data-parallel replicas over the whole job
+    (``world_size``/``rank`` default to the job's; the tensor grid has ``world / dp`` ranks).
 
     An impossible world size raises :class:`TopologyError`; for 2.5D the message also says which
-    ``--depth`` values fit the world size (world = q²·d)."""
+    ``--depth`` values fit the world size (world = q²·d·dp)."""
     if mode not in MODES:
         raise ConfigError(f"--mode {mode!r} is not a tensor-parallel mode; choose one of: "
                           f"{', '.join(MODES)}")
+    world = world_size or world_group().size
+    if dp < 1 or world % dp:
+        raise TopologyError(f"--dp {dp} does not divide the {world} ranks of the job (world = "
+                            f"tensor grid × dp); use a --dp that divides {world}, e.g. --dp 1")
     try:
-        return build_topology(mode, world_size=world_size, rank=rank, depth=depth)
+        return build_topology(mode, world_size=world_size, rank=rank, depth=depth,
+                              grid_size=world // dp)
     except TopologyError:
         if mode != "2p5d":
             raise
-        world = world_size or world_group().size
+        world //= dp
         fits = [(q, world // (q * q)) for q in range(2, math.isqrt(world) + 1)
                 if world % (q * q) == 0]
         how = (" or ".join(f"--depth {d} (q={q})" for q, d in fits) if fits else
@@ -100,7 +112,8 @@ def batch_shards(topo) -> int:
 
 def check_shapes(cfg: GPTConfig, topo, batch_size: int | None = None) -> None:
     """Raise one :class:`ConfigError` listing every size the mode cannot split, with a valid
-    alternative."""
+    alternative. ``batch_size``: the global batch, split over the ``dp`` replicas and then over
+    the grid's batch shards."""
     mode = topo.mode
     q = topo.shape.get("q", 1)
     p = topo.grid_size
@@ -111,12 +124,13 @@ def check_shapes(cfg: GPTConfig, topo, batch_size: int | None = None) -> None:
         needs = [("heads", cfg.heads, q), ("hidden", cfg.hidden, q * q),
                  ("vocab_size", cfg.vocab_size, q)]
     if batch_size is not None:
-        needs.append(("batch_size", batch_size, batch_shards(topo)))
+        needs.append(("batch_size", batch_size, batch_shards(topo) * topo.dp_size))
     bad = [f"--{name} {value} must be a multiple of {m} (e.g. {value + (-value) % m})"
            for name, value, m in needs if value % m]
     if bad:
+        dp = f" × {topo.dp_size} data-parallel replicas" if topo.dp_size > 1 else ""
         raise ConfigError(f"{mode} tensor parallelism on {p} ranks "
-                          f"({', '.join(f'{k}={v}' for k, v in topo.shape.items())}) cannot split "
+                          f"({', '.join(f'{k}={v}' for k, v in topo.shape.items())}){dp} cannot split "
                           f"this model: " + "; ".join(bad))
 
 
@@ -169,6 +183,19 @@ class Layout1D:
             isinstance(module, RowParallelLinear) and pname == "weight")
         return (self.g if sharded else None), 1
 
+    MESH = ("tensor",)
+    """grid coordinates as device-mesh dimensions, outermost first (see :func:`device_mesh`)"""
+
+    def spec(self, module, pname):
+        """Where ``module.pname`` sits in the serial tensor: ({grid coordinate: serial dim it
+        splits}, whether the local piece is stored transposed); the other coordinates hold
+        copies. Chunks split twice along one dim are ordered by :attr:`MESH`."""
+        if isinstance(module, RowParallelLinear):
+            return ({"tensor": 1} if pname == "weight" else {}), False
+        if isinstance(module, (ColumnParallelLinear, VocabParallelEmbedding)):
+            return {"tensor": 0}, False
+        return {}, False
+
 
 class Layout2D:
     """Optimus 2D (``depth`` 1) and Tesseract 2.5D (paper version: batch over d·q)."""
@@ -215,6 +242,18 @@ class Layout2D:
     def norm_group(self, module, pname):
         # every piece differs across the q² ranks of a depth slice; the d slices hold copies
         return self.topo["tensor"], self.topo.shape.get("d", 1)
+
+    @property
+    def MESH(self):
+        return ("k", "c", "r") if self.topo.mode == "2p5d" else ("c", "r")
+
+    def spec(self, module, pname):
+        # W block (r, c) of Wᵀ [k, n] = block (c, r) of the serial [n, k], stored transposed;
+        # bias / γ / β / embedding columns: piece c·q + r of q² (c before r in MESH)
+        if isinstance(module, Linear2D) and pname == "weight":
+            return {"c": 0, "r": 1}, True
+        dim = 1 if isinstance(module, Embedding2D) else 0
+        return {"c": dim, "r": dim}, False
 
 
 class Layout3D:
@@ -267,6 +306,20 @@ class Layout3D:
 
     def local_heads(self, heads):
         return heads // self.orig.q
+
+    MESH = ("k", "j", "i")
+    _COORD = {"weight": "i", "input": "j", "output": "k"}
+
+    def spec(self, module, pname):
+        if isinstance(module, Linear3D):
+            a = self._COORD[module.g.inp.name.split(".")[1]]
+            o = self._COORD[module.g.out.name.split(".")[1]]
+            if pname == "weight":      # Wᵀ rows: piece out·q + wgt of q²; columns: block inp
+                return {a: 0, o: 1, "i": 1}, True
+            return {a: 0}, False
+        if isinstance(module, LayerNorm3D):
+            return {"k": 0}, False
+        return {"k": 1, "i": 1}, False                 # Embedding3D: piece out·q + wgt
 
     def norm_group(self, module, pname):
         if isinstance(module, Linear3D):          # W differs on every rank; b [n/q] block inp
@@ -384,6 +437,7 @@ class ParallelGPT(nn.Module):
         super().__init__()
         check_shapes(gpt.cfg, topo)
         self.cfg, self.topo, self.mode = gpt.cfg, topo, topo.mode
+        self.data_group = topo["data"]
         self.layout = LAYOUTS[topo.mode](topo)
         self.rng = DropoutStreams(streams)
         with torch.random.fork_rng(devices=[]):     # tp1d layers draw a throw-away init
@@ -394,17 +448,92 @@ class ParallelGPT(nn.Module):
         self.gpt.set_checkpointing(on, replay_streams(self.rng))
 
     def forward(self, idx, targets=None):
-        """idx, targets: the global batch (B, T), identical on every rank.
+        """idx, targets: the global batch (B, T), identical on every rank. With ``dp`` data
+        replicas, replica ``d`` takes rows chunk ``d`` of ``dp``, then the grid splits them.
 
-        Returns (local logits split over batch and vocabulary, global mean loss or None)."""
+        Returns (local logits split over batch and vocabulary, mean loss of the global batch or
+        None). The loss is summed over the data group forward (identity backward), so each
+        replica's gradients are its share of the global mean's: :meth:`grad_plans` sums them."""
         check_shapes(self.cfg, self.topo, idx.shape[0])
-        logits, _ = self.gpt(self.layout.split_batch(idx))
+        logits, _ = self.gpt(self.layout.split_batch(raw_split(idx, 0, self.data_group)))
         loss = None
         if targets is not None:
-            per_token = vocab_parallel_cross_entropy(logits, self.layout.split_targets(targets),
+            per_token = vocab_parallel_cross_entropy(logits, self.local_rows(targets),
                                                      self.layout.vocab_group)
             loss = self.layout.reduce_loss(per_token.mean())
+            if self.data_group.size > 1:
+                loss = reduce_from_group(loss / self.data_group.size, self.data_group)
         return logits, loss
+
+    def local_rows(self, t):
+        """This rank's rows of the logits (of the global batch ``t``)."""
+        return self.layout.split_targets(raw_split(t, 0, self.data_group))
+
+    def grad_plans(self):
+        """The training core's plans (:mod:`shared.train.gradients`): every gradient summed over
+        the data replicas (each holds its share of the global mean loss's gradient; a no-op
+        without data parallelism), then clipped by the serial model's norm."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [GradSync(params, [self.data_group], average=False)], self.grad_norm_parts()
+
+    def local_region(self, module, pname, shape):
+        """Where this rank's ``module.pname`` sits in the serial tensor of ``shape``:
+        ([(start, length)] per serial dim, whether it is stored transposed)."""
+        split, transposed = self.layout.spec(module, pname)
+        region = []
+        for dim, n in enumerate(shape):
+            index, parts = 0, 1
+            for coord in self.layout.MESH:              # outer coordinate first
+                if split.get(coord) == dim:
+                    size = _coord_size(self.topo, coord)
+                    index, parts = index * size + self.topo.coords[coord], parts * size
+            region.append((index * (n // parts), n // parts))
+        return region, transposed
+
+    @torch.no_grad()
+    def init_shards(self, seed: int) -> None:
+        """Give every local piece its initial values: those of the serial ``GPT`` whose
+        ``init_seed`` is ``seed``, computed for this piece alone
+        (:func:`tensor_parallel.models.gpt.init_values`)."""
+        shapes = serial_shapes(self.cfg)
+        for name, module, pname, p in self.pieces():
+            region, transposed = self.local_region(module, pname, shapes[name])
+            value = init_values(name, shapes[name], region, seed, device=p.device)
+            p.copy_(value.t() if transposed else value)
+
+    def pieces(self):
+        """(serial name, module, its parameter name, parameter) of every local piece."""
+        for mname, module in self.gpt.named_modules():
+            for pname, p in module.named_parameters(recurse=False):
+                yield (f"{mname}.{pname}" if mname else pname), module, pname, p
+
+    def sharded_state_dict(self, optimizer=None) -> dict:
+        """This rank's pieces as DTensors of the serial tensors (keys ``model.<serial name>``;
+        with ``optimizer``, AdamW's moments as ``optim.exp_avg.<name>`` and
+        ``optim.exp_avg_sq.<name>`` (created as zeros when it has no state yet: identical to a fresh AdamW) and its step as
+        ``optim.step``). Views of the live tensors, no copy: ``torch.distributed.checkpoint``
+        writes them without gathering and loads into them in place, from any layout. In a
+        single process (no mesh) the values are the plain serial tensors."""
+        mesh = device_mesh(self.topo, self.layout.MESH, next(self.parameters()).device)
+        shapes = serial_shapes(self.cfg)
+        out = {}
+        picks = [("model.", lambda p: p)]
+        if optimizer is not None:
+            for p in self.parameters():
+                if p not in optimizer.state:
+                    optimizer.state[p] = {"step": torch.tensor(0.0),
+                                          "exp_avg": torch.zeros_like(p),
+                                          "exp_avg_sq": torch.zeros_like(p)}
+            picks += [(f"optim.{key}.", lambda p, k=key: optimizer.state[p][k])
+                      for key in ("exp_avg", "exp_avg_sq")]
+            out["optim.step"] = next(iter(optimizer.state.values()))["step"].detach().clone()
+        for prefix, pick in picks:
+            for name, module, pname, p in self.pieces():
+                split, transposed = self.layout.spec(module, pname)
+                local = pick(p).detach()
+                out[prefix + name] = _dtensor(local.t() if transposed else local, mesh,
+                                              self.layout.MESH, split, shapes[name])
+        return out
 
     def grad_norm_parts(self) -> list[NormPart]:
         """The parameters grouped by the group their gradient pieces are sharded over (for
@@ -418,6 +547,20 @@ class ParallelGPT(nn.Module):
         return list(parts.values())
 
 
+def build_parallel(cfg: GPTConfig, topo, device=None, streams=None) -> ParallelGPT:
+    """Shard-only construction: the parallel GPT of ``topo`` with each rank allocating only its
+    own pieces, initialised exactly as the serial ``GPT(cfg)`` built at the same point of the
+    global RNG (one draw from it picks ``init_seed``; every piece is then computed alone).
+
+    The serial model is built on the meta device (no memory), the plan applied to it, the pieces
+    allocated on ``device`` and filled by :meth:`ParallelGPT.init_shards`."""
+    with torch.device("meta"):
+        gpt = GPT(cfg)
+    pmodel = parallelize(gpt, topo, streams).to_empty(device=device or "cpu")
+    pmodel.init_shards(gpt.init_seed)
+    return pmodel
+
+
 def parallelize(gpt: GPT, topo, streams=None) -> ParallelGPT:
     """The parallel model of ``topo.mode`` holding this rank's pieces of ``gpt``'s weights.
 
@@ -429,6 +572,49 @@ def parallelize(gpt: GPT, topo, streams=None) -> ParallelGPT:
 def set_streams(pmodel: ParallelGPT, streams) -> None:
     """Use ``streams`` (shared.parallel.seeding.RNGStreams) for every dropout of the model."""
     pmodel.rng.streams = streams
+
+
+# ----------------------------------------------------------------------------------------------
+# sharded checkpoints: every piece as a DTensor of the serial tensor
+
+def serial_shapes(cfg: GPTConfig) -> dict:
+    """The serial parameters' shapes (a GPT built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return {k: v.shape for k, v in GPT(cfg).state_dict().items()}
+
+
+def device_mesh(topo, grid_dims, device):
+    """The job as a ``DeviceMesh`` with dimensions ``("data", *grid_dims)`` (grid coordinates
+    of :mod:`shared.parallel.topology`), or None in a single process. Only the rank→coordinate
+    map is used (no process groups are created for it)."""
+    from torch.distributed.device_mesh import DeviceMesh
+    if topo.world_size == 1:
+        return None
+    shape = [topo.dp_size] + [_coord_size(topo, d) for d in grid_dims]
+    ranks = torch.empty(shape, dtype=torch.int64)
+    for g in range(topo.world_size):
+        c = coordinates(topo.mode, g % topo.grid_size, topo.grid_size, topo.depth)
+        ranks[(g // topo.grid_size, *(c[d] for d in grid_dims))] = g
+    return DeviceMesh(device.type, ranks, mesh_dim_names=("data", *grid_dims),
+                      _init_backend=False, _rank=topo.rank)
+
+
+def _coord_size(topo, coord):
+    if coord == "tensor":
+        return topo.grid_size
+    return topo.shape["d"] if coord == "k" and topo.mode == "2p5d" else topo.shape["q"]
+
+
+def _dtensor(local, mesh, grid_dims, split: dict, shape):
+    """``local`` as the piece of a serial tensor of ``shape`` split as ``split`` says."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+    if mesh is None:
+        return local
+    placements = [Replicate()] + [Shard(split[d]) if d in split else Replicate()
+                                  for d in grid_dims]
+    stride = torch.empty(shape, device="meta").stride()
+    return DTensor.from_local(local, mesh, placements, run_check=False, shape=torch.Size(shape),
+                              stride=stride)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -82,6 +82,12 @@ class _SummaAB(torch.autograd.Function):
     backward dX(r,t) = Σ_c dY(r,c) W(t,c)ᵀ: broadcast W(t,c) along col, reduce to c=t along row.
              dW(t,c) = Σ_r X(r,t)ᵀ dY(r,c): broadcast X(r,t) along row, reduce to r=t along col.
     Per rank and Linear: 3(q−1)(N·k + k·n)/q² elements sent (the brief's cost model).
+
+    Overlap (``OVERLAP.on``, default): every collective is asynchronous. Forward and backward
+    post the broadcasts of step t+1 before computing step t (double buffering, as ColossalAI);
+    the backward's reductions are waited for only after the last step's matmuls, so they run
+    behind the following steps' compute. Off: each collective completes before the next matmul
+    (same results; bench compares the two).
     """
 
     @staticmethod
@@ -94,18 +100,12 @@ class _SummaAB(torch.autograd.Function):
         if x.dtype != dt or w.dtype != dt:        # (fp32: the inputs themselves are saved)
             x, w = x.to(dt), w.to(dt)
         ctx.save_for_backward(x, w)
-        q = row.size
         y = x.new_zeros(x.shape[:-1] + (w.shape[1],),
                         dtype=torch.promote_types(dt, torch.float32))     # [b', s, n/q]
         with torch.autocast(kind, enabled=False):
-            nxt = (raw_broadcast(x, 0, row, async_op=True),
-                   raw_broadcast(w, 0, col, async_op=True))
-            for t in range(q):                  # double buffering: post step t+1, compute step t
-                cur = nxt
-                if t + 1 < q:
-                    nxt = (raw_broadcast(x, t + 1, row, async_op=True),
-                           raw_broadcast(w, t + 1, col, async_op=True))
-                y += torch.matmul(cur[0].wait(), cur[1].wait())
+            for xt, wt in _steps(lambda t: (raw_broadcast(x, t, row, async_op=True),
+                                            raw_broadcast(w, t, col, async_op=True)), row.size):
+                y += torch.matmul(xt, wt)
         return y.to(dt)
 
     @staticmethod
@@ -117,22 +117,45 @@ class _SummaAB(torch.autograd.Function):
     def _backward(ctx, dy):
         x, w = ctx.saved_tensors
         row, col = ctx.row, ctx.col
-        q = row.size
         dy = dy.to(x.dtype).contiguous()
         dy2 = dy.reshape(-1, dy.shape[-1])                                # [N', n/q]
         x2 = x.reshape(-1, x.shape[-1])                                   # [N', k/q]
-        dx = dw = None
-        for t in range(q):
-            wt = raw_broadcast(w, t, col)                                 # W(t,c)  [k/q, n/q]
-            part = raw_reduce(torch.matmul(dy, wt.t()), t, row)           # → dX(r,t) on c=t
-            if row.rank == t:
-                dx = part
-        for t in range(q):
-            xt = raw_broadcast(x2, t, row)                                # X(r,t)  [N', k/q]
-            part = raw_reduce(torch.matmul(xt.t(), dy2), t, col)          # → dW(t,c) on r=t
-            if col.rank == t:
-                dw = part
+        to_dx, to_dw = [], []
+        steps = _steps(lambda t: (raw_broadcast(w, t, col, async_op=True),    # W(t,c)
+                                  raw_broadcast(x2, t, row, async_op=True)),  # X(r,t)
+                       row.size)
+        for t, (wt, xt) in enumerate(steps):
+            to_dx.append(_post(raw_reduce(torch.matmul(dy, wt.t()), t, row, async_op=True)))
+            to_dw.append(_post(raw_reduce(torch.matmul(xt.t(), dy2), t, col, async_op=True)))
+        dx = [p.wait() for p in to_dx][row.rank]                          # dX(r,t) on c=t
+        dw = [p.wait() for p in to_dw][col.rank]                          # dW(t,c) on r=t
         return dx, dw
+
+
+class _Overlap:
+    """Whether SUMMA overlaps its collectives with the matmuls (see :class:`_SummaAB`)."""
+    on = True
+
+
+OVERLAP = _Overlap()
+
+
+def _post(pending):
+    """An asynchronous collective, completed at once when overlap is off."""
+    if not OVERLAP.on:
+        pending.wait()
+    return pending
+
+
+def _steps(post, q):
+    """Yield the waited results of ``post(t)`` for t = 0..q−1, posting step t+1 before
+    yielding step t (double buffering) when overlap is on."""
+    nxt = [_post(p) for p in post(0)]
+    for t in range(q):
+        cur = nxt
+        if t + 1 < q:
+            nxt = [_post(p) for p in post(t + 1)]
+        yield [p.wait() for p in cur]
 
 
 def summa_matmul(x: torch.Tensor, w: torch.Tensor, grid: Grid2D) -> torch.Tensor:

@@ -6,38 +6,41 @@ training core (shared.train).
     torchrun --standalone --nproc-per-node 8 -m tensor_parallel.train --mode 2p5d --depth 2
     torchrun --standalone --nproc-per-node 8 -m tensor_parallel.train --mode 3d
     make train-tensor_parallel MODE=2d NPROC=4 [DATA=/path/to/corpus] [ARGS="--steps 100"]
+    torchrun --standalone --nproc-per-node 8 -m tensor_parallel.train -- --mode 2d --dp 2
     torchrun --standalone --nproc-per-node 2 -m tensor_parallel.train -- --resume RUN --mode 1d
 
 (Under torchrun, ``--`` ends torchrun's own options; without it torchrun reads ``--run`` as its
 ``--run-path``.)
 
-Every rank builds the same serial model from the seed, then keeps only its pieces
-(``parallel.py``). All ranks of the grid read the same global batch; the model splits it. A
-checkpoint holds the serial state dict and the AdamW moments gathered to the serial layout
-(rank 0 writes one ``checkpoint.pt``), so a run resumes under another mode or world size
+Every rank allocates and initialises only its own pieces, with the values of the serial model of
+the same seed (``parallel.build_parallel``). All ranks read the same global batch; the model
+splits it (over ``--dp`` data replicas, then over the grid). A checkpoint is sharded (``torch.distributed.checkpoint``,
+written by the training core): every rank writes its own pieces of the weights and AdamW
+moments, described as pieces of the serial tensors, into ``shards-step<N>-<tag>/``, and
+``checkpoint.pt`` names that directory. So a run resumes under another mode or world size
 (``--resume RUN --mode M``), and ``tensor_parallel.eval`` / ``tensor_parallel.convert`` read it
-under any grid.
+under any grid or in one process.
 """
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 
 from shared.data import EpochSampler
 from shared.errors import UsageError
 from shared.parallel import RNGStreams, seed_everything
-from shared.train import (ConfigError, StepOutput, Task, entry_point, fit, log0, parse_args,
-                          start)
+from shared.train import (ConfigError, StepOutput, Task, checkpoint_files, entry_point, fit,
+                          load_checkpoint, load_sharded, log0, parse_args, start)
 
 from .config import PRESETS, Config
 from .data import CorpusError, load_corpus, padded_vocab
 from .models import GPT, GPTConfig, num_parameters
-from .parallel import (build_grid, check_shapes, parallelize, serial_state_dict, set_streams,
-                       shard_state)
+from .parallel import build_grid, build_parallel, check_shapes, set_streams
 
 PAPER = "tensor_parallel"
-CKPT_FORMAT = "tensor_parallel/serial-v1"
+CKPT_FORMAT = "tensor_parallel/sharded-v2"
 
 
 def model_config(cfg: Config) -> GPTConfig:
@@ -94,19 +97,21 @@ class LMTask(Task):
 
     def __init__(self, cfg: Config, env):
         self.cfg, self.env = cfg, env
-        self.topo = build_grid(cfg.mode, cfg.depth)
+        self.topo = build_grid(cfg.mode, cfg.depth, dp=cfg.dp)
+        self.data_group = self.topo["data"]
         self.corpus = load_data(cfg, self.topo)
         self.gcfg = model_config(cfg)
         check_shapes(self.gcfg, self.topo, cfg.batch_size)
         seed_everything(cfg.seed)
-        self.model = parallelize(GPT(self.gcfg), self.topo).to(env.device)
+        self.model = build_parallel(self.gcfg, self.topo, env.device)   # only this rank's pieces
         self.model.set_checkpointing(cfg.checkpoint_activations)
         self.optimizer = make_optimizer(self.model, cfg)
 
     def describe(self) -> str:
         shape = ", ".join(f"{k}={v}" for k, v in self.topo.shape.items())
         n = num_parameters(self.gcfg)
-        return (f"{PAPER}: grid {shape}, {n / 1e6:.2f}M parameters (serial), corpus: "
+        dp = f" × {self.topo.dp_size} data replicas" if self.topo.dp_size > 1 else ""
+        return (f"{PAPER}: grid {shape}{dp}, {n / 1e6:.2f}M parameters (serial), corpus: "
                 f"{self.corpus.source}")
 
     # ---- data and step
@@ -126,24 +131,27 @@ class LMTask(Task):
         return StepOutput(loss, {"loss": loss.detach()}, items=cfg.batch_size * cfg.seq_len)
 
     def grad_plans(self):
-        # no data parallelism yet: nothing to all-reduce; the layers already reduce what the
-        # grid needs (e.g. the 2.5D depth all-reduce). Clipping uses the serial model's norm.
-        return [], self.model.grad_norm_parts()
+        # the sum over the data replicas; the layers already reduce what the grid needs (e.g.
+        # the 2.5D depth all-reduce). Clipping uses the serial model's norm.
+        return self.model.grad_plans()
+
+    def metric_groups(self):
+        return []                       # the model's loss is already the global batch's
 
     def evaluate(self) -> dict:
         return {"val_loss": evaluate_loss(self.model, self.corpus, self.cfg, self.env.device)}
 
-    # ---- checkpoints in the serial layout (collective; rank 0 writes)
+    # ---- checkpoints: torch.distributed.checkpoint shards (the core writes and reads them)
+    def sharded_state_dict(self) -> dict:
+        return self.model.sharded_state_dict(self.optimizer)
+
+    def load_sharded_state_dict(self, state: dict) -> None:
+        for p in self.model.parameters():            # the moments were loaded in place
+            self.optimizer.state[p]["step"] = state["optim.step"].clone()
+
     def state_dict(self) -> dict:
-        opt = self.optimizer
-        moments = {}
-        if opt.state:
-            for key in ("exp_avg", "exp_avg_sq"):
-                moments[key] = serial_state_dict(self.model, pick=lambda p, k=key: opt.state[p][k])
-            moments["step"] = float(next(iter(opt.state.values()))["step"])
         return {"format": CKPT_FORMAT, "gpt_config": dataclasses.asdict(self.gcfg),
-                "model": serial_state_dict(self.model), "optim": moments,
-                "mode": self.cfg.mode, "world": self.topo.world_size}
+                "mode": self.cfg.mode, "world": self.topo.world_size, "dp": self.topo.dp_size}
 
     def load_state_dict(self, state: dict) -> None:
         check_format(state)
@@ -151,17 +159,6 @@ class LMTask(Task):
             raise UsageError(f"the checkpoint's model {state['gpt_config']} differs from this "
                              f"run's {dataclasses.asdict(self.gcfg)}; resume without changing "
                              f"the model's sizes")
-        local = shard_state(self.model, state["model"])
-        self.model.gpt.load_state_dict(local)
-        moments = state["optim"]
-        if not moments:
-            return
-        pieces = {k: shard_state(self.model, moments[k]) for k in ("exp_avg", "exp_avg_sq")}
-        for name, p in self.model.gpt.named_parameters():
-            self.optimizer.state[p] = {
-                "step": torch.tensor(moments["step"]),
-                "exp_avg": pieces["exp_avg"][name].clone().to(p.device),
-                "exp_avg_sq": pieces["exp_avg_sq"][name].clone().to(p.device)}
 
 
 def check_format(state: dict) -> None:
@@ -171,6 +168,30 @@ def check_format(state: dict) -> None:
         raise UsageError(f"not a tensor_parallel training checkpoint (format {found!r}, "
                          f"expected {CKPT_FORMAT!r}); give the run directory of a "
                          f"tensor_parallel.train run")
+
+
+def read_run(run_path):
+    """A run's checkpoint: (the core's state from ``checkpoint.pt``, the GPTConfig, the
+    directory of its shards), or one clear error."""
+    files = checkpoint_files(run_path)
+    if not files or files[0].name != "checkpoint.pt":
+        raise UsageError(f"{run_path} has no checkpoint.pt of a tensor_parallel run")
+    state = load_checkpoint(files[0])
+    if state.get("paper") != PAPER:
+        raise UsageError(f"{files[0]} is a checkpoint of {state.get('paper')!r}, not of "
+                         f"{PAPER!r}; use that paper's tools")
+    check_format(state["task"])
+    return state, GPTConfig(**state["task"]["gpt_config"]), Path(run_path) / state["shards"]
+
+
+def load_weights(model, shards) -> None:
+    """Fill a :class:`ParallelGPT` (this rank's pieces, any mode) or a serial :class:`GPT` in
+    place from a run's shards (collective in the former case)."""
+    if isinstance(model, GPT):
+        dest = {f"model.{k}": v for k, v in model.state_dict().items()}
+    else:
+        dest = {k: v for k, v in model.sharded_state_dict().items() if k.startswith("model.")}
+    load_sharded(dest, shards)
 
 
 @entry_point

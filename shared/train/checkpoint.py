@@ -15,10 +15,12 @@ step, and the data position (e.g. :meth:`shared.data.sampler.EpochSampler.state_
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -96,3 +98,85 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
         raise CheckpointError(f"{path} passed its checksum but could not be unpickled: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------------------------
+# sharded checkpoints (torch.distributed.checkpoint)
+
+SHARDS_PREFIX = "shards-step"
+_DCP_FILES = (".metadata",)          # plus every "*.distcp": the files the DCP writer creates
+
+
+def save_sharded(state: dict, run_dir, step: int, group, device="cpu") -> str:
+    """Write ``state`` (tensors and DTensors) with ``torch.distributed.checkpoint`` into a new
+    directory ``run_dir/shards-step<N>-<tag>``; returns its name (the same on every rank).
+
+    Collective over ``group`` (the whole job): each rank writes only the pieces it holds (a
+    piece held by several ranks, e.g. a replicated tensor, is written once) — nothing is
+    gathered. The files go to a temporary directory that is renamed once every rank has
+    finished, so a failed save leaves no half-written shards under a checkpoint's name; the
+    previous checkpoint is untouched (the caller switches to the new one, then removes the old
+    with :func:`remove_shards`)."""
+    import secrets
+
+    import torch.distributed.checkpoint as dcp
+
+    from ..parallel.comm import raw_all_reduce, raw_broadcast_object
+
+    run_dir = Path(run_dir)
+    name = f"{SHARDS_PREFIX}{step:06d}-{secrets.token_hex(4)}" if group.rank == 0 else None
+    name = raw_broadcast_object(name, group) if group.size > 1 else name
+    tmp = run_dir / f".{name}.tmp"
+    try:
+        with _quiet_single_process():
+            dcp.save(state, checkpoint_id=tmp, no_dist=group.size == 1)
+    except BaseException:
+        if group.rank == 0:
+            remove_shards(tmp)
+        raise
+    if group.size > 1:                       # every rank's files are on disk
+        raw_all_reduce(torch.zeros(1, device=device), group)
+    if group.rank == 0:
+        os.replace(tmp, run_dir / name)
+    if group.size > 1:                       # the directory has its final name everywhere
+        raw_all_reduce(torch.zeros(1, device=device), group)
+    return name
+
+
+def load_sharded(state: dict, path) -> None:
+    """Fill ``state`` (tensors and DTensors of this rank, any layout) in place from the sharded
+    checkpoint directory ``path``: each rank reads the pieces its own layout needs, whatever
+    layout and number of processes wrote them (resharding)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(path)
+    if not (path / ".metadata").is_file():
+        raise CheckpointError(f"{path} is not a complete sharded checkpoint (no .metadata); "
+                              f"resume from an earlier checkpoint or restart")
+    no_dist = not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=path, no_dist=no_dist)
+
+
+@contextlib.contextmanager
+def _quiet_single_process():
+    """DCP warns that it "assumes the intent" of a single process; here it is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def remove_shards(path) -> None:
+    """Remove a sharded checkpoint directory written by :func:`save_sharded`: only the files
+    the DCP writer creates are deleted, and the directory only when nothing else is in it."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    for f in path.iterdir():
+        if f.is_file() and (f.name in _DCP_FILES or f.suffix == ".distcp"):
+            f.unlink()
+    try:
+        path.rmdir()
+    except OSError:
+        pass

@@ -10,7 +10,11 @@
   bar; ``metrics.jsonl``, ``curves.png`` and, with ``--tensorboard``, TensorBoard files;
 * checkpoints every ``--ckpt_every`` steps and at the end (atomic; rank 0 writes one file for
   replicated state, or every rank its own ``checkpoint-rank<r>.pt``), holding the model, the
-  optimizer, the step and every rank's RNG state; ``--resume`` continues bit-identically;
+  optimizer, the step and every rank's RNG state; ``--resume`` continues bit-identically. A task
+  whose model is sharded may return its tensors from ``Task.sharded_state_dict`` (DTensors):
+  they are then written with ``torch.distributed.checkpoint`` into ``shards-step<N>-<tag>/``
+  (every rank its own pieces, nothing gathered) and ``checkpoint.pt`` names that directory, so
+  a run resumes under another layout or number of processes;
 * SIGTERM / SIGINT: the job finishes the current step, writes a checkpoint and exits 0;
 * bf16 autocast around the step (on CUDA by default, ``--amp`` on CPU).
 
@@ -33,7 +37,8 @@ from ..errors import UsageError
 from ..parallel.comm import raw_all_gather_object, raw_all_reduce, raw_broadcast_object
 from ..parallel.seeding import capture_rng_state, restore_rng_state, seed_everything
 from ..parallel.topology import Group, world_group
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import (load_checkpoint, load_sharded, remove_shards, save_checkpoint,
+                         save_sharded)
 from .cli import runs_root
 from .gradients import GradSync, NormPart, clip_gradients, replicated_plan, sync_gradients
 from .run import Progress, RunDir, check_finite, checkpoint_files, log0, new_run_path
@@ -88,6 +93,17 @@ class Task:
     def evaluate(self) -> dict:
         """Global evaluation metrics (the same on every rank); ``{}`` = none."""
         return {}
+
+    # ---- sharded checkpoint content (torch.distributed.checkpoint); default: none
+    def sharded_state_dict(self) -> dict | None:
+        """``{key: tensor or DTensor}`` of this rank, written and read by
+        ``torch.distributed.checkpoint`` (None: everything goes through :meth:`state_dict`).
+        The tensors must be the live ones (or views of them): a resume loads into them in
+        place, whatever layout wrote the checkpoint."""
+        return None
+
+    def load_sharded_state_dict(self, state: dict) -> None:
+        """Called after ``state`` (from :meth:`sharded_state_dict`) was filled in place."""
 
     # ---- checkpoint content (collective where the model is sharded)
     def state_dict(self) -> dict:
@@ -204,6 +220,13 @@ def fit(cfg, task: Task) -> dict:
     batches = task.batches(start)
     if state is not None:
         task.load_state_dict(state["task"])
+        if state.get("shards"):
+            dest = task.sharded_state_dict()
+            if dest is None:
+                raise UsageError(f"{run_path} holds a sharded checkpoint, which {task.paper} "
+                                 f"cannot read")
+            load_sharded(dest, run_path / state["shards"])
+            task.load_sharded_state_dict(dest)
         rng = state["rng"]
         if isinstance(rng, list) and len(rng) == world.size:
             restore_rng_state(rng[world.rank])
@@ -229,9 +252,14 @@ def fit(cfg, task: Task) -> dict:
     log0(f"{task.describe()}; world {world.size}, mode {cfg.mode}; steps {start}->{last} of "
          f"{cfg.steps}; run dir {run.path}")
 
+    shards = [state.get("shards") if state is not None else None]   # the current shards dir
+
     def save(step: int) -> None:
         content = {"paper": task.paper, "step": step, "task": task.state_dict(),
                    "config": dataclasses.asdict(cfg), "world_size": world.size}
+        sharded = task.sharded_state_dict()
+        if sharded is not None:
+            content["shards"] = save_sharded(sharded, run.path, step, world, device)
         if task.checkpoint_per_rank:
             content["rng"] = capture_rng_state()
             save_checkpoint(content, run.rank_checkpoint_path(world.rank))
@@ -241,6 +269,10 @@ def fit(cfg, task: Task) -> dict:
                 save_checkpoint(content, run.checkpoint_path)
         if world.size > 1:
             raw_all_reduce(torch.zeros(1, device=device), world)   # every file is written
+        if sharded is not None:                # checkpoint.pt names the new shards: drop the old
+            if world.rank == 0 and shards[0] and shards[0] != content["shards"]:
+                remove_shards(run.path / shards[0])
+            shards[0] = content["shards"]
 
     eval_metrics: dict = {}
     summary: dict = {"stopped": None}

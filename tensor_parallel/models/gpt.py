@@ -11,6 +11,8 @@ split of its output features into P chunks (P dividing ``heads``) gives each ran
 """
 from __future__ import annotations
 
+import math
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +36,67 @@ def num_parameters(cfg: GPTConfig) -> int:
     h = cfg.hidden
     block = 2 * 2 * h + (3 * h * h + 3 * h) + (h * h + h) + (4 * h * h + 4 * h) + (4 * h * h + h)
     return 2 * cfg.vocab_size * h + cfg.seq_len * h + cfg.layers * block + 2 * h
+
+
+# ---- initialisation: a counter-based draw, so that any piece of a weight is generated alone
+
+_M32 = 0xFFFFFFFF
+_CHUNK = 1 << 13          # elements generated at a time: temporaries of 64 KiB, reused
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (int64 tensors holding values < 2³²; no product exceeds 2⁶³)."""
+    for _ in range(2):
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & _M32
+    return x ^ (x >> 16)
+
+
+def _uniforms(idx: torch.Tensor, keys) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two U(0, 1) (open) float64 tensors for element indices ``idx``: hashes of (keys, index)."""
+    h = (idx & _M32) ^ keys[0]
+    if idx.numel() and int(idx.max()) > _M32:
+        h = h ^ _mix32(idx >> 32)
+    h1 = _mix32(h)
+    h2 = _mix32(h1 ^ keys[1])
+    return (h1.double() + 0.5) / 4294967296.0, (h2.double() + 0.5) / 4294967296.0
+
+
+def init_kind(name: str) -> str:
+    """How the GPT initialises parameter ``name``: "normal" (std 0.02: Linear and embedding
+    weights, as GPT-2), "ones" (LayerNorm γ) or "zeros" (biases, LayerNorm β)."""
+    module, _, leaf = name.rpartition(".")
+    if leaf == "bias":
+        return "zeros"
+    return "ones" if module.rpartition(".")[2].startswith("ln") else "normal"
+
+
+def init_values(name: str, shape, region, seed: int, std: float = 0.02,
+                device=None) -> torch.Tensor:
+    """The initial values of ``region`` (``[(start, length)]`` per dim) of parameter ``name``
+    (serial ``shape``) of a GPT whose ``init_seed`` is ``seed``, as a float32 tensor on ``device``.
+
+    Element ``i`` (flat index in the serial tensor) of a "normal" parameter is
+    ``std·sqrt(−2 ln u₁)·cos(2π u₂)`` (Box–Muller) with ``u₁, u₂`` hashes of ``(seed, name, i)``:
+    the serial model and every shard of a parallel one compute the same values, each only its
+    own piece (no full tensor, no shared RNG state)."""
+    size = [n for _, n in region]
+    kind = init_kind(name)
+    if kind != "normal":
+        return (torch.ones if kind == "ones" else torch.zeros)(size, device=device)
+    key = [zlib.crc32(f"{seed}:{name}:{k}".encode()) for k in (1, 2)]
+    cols = shape[1] if len(shape) > 1 else 1
+    c0, nc = region[1] if len(shape) > 1 else (0, 1)
+    r0, nr = region[0]
+    out = torch.empty(nr, nc, device=device)
+    step = max(1, _CHUNK // nc)
+    col = torch.arange(c0, c0 + nc, dtype=torch.int64, device=device)
+    for a in range(0, nr, step):
+        rows = torch.arange(r0 + a, r0 + min(a + step, nr), dtype=torch.int64, device=device)
+        idx = rows[:, None] * cols + col[None, :]
+        u1, u2 = _uniforms(idx, key)
+        out[a:a + len(rows)] = (std * torch.sqrt(-2.0 * torch.log(u1))
+                                * torch.cos(2.0 * math.pi * u2)).float()
+    return out.reshape(size)
 
 
 def attention_core(qkv: torch.Tensor, heads: int, dropout: float, training: bool) -> torch.Tensor:
@@ -107,13 +170,24 @@ class GPT(nn.Module):
             raise ValueError(f"hidden={cfg.hidden} is not divisible by heads={cfg.heads}; "
                              f"choose hidden as a multiple of heads")
         self.cfg = cfg
+        # one draw from the global RNG (before any layer's own init) picks the initial values,
+        # which init_values computes (so a meta-device build draws the same seed)
+        self.init_seed = int(torch.randint(0, 2 ** 31 - 1, (), device="cpu"))
         self.tok = nn.Embedding(cfg.vocab_size, cfg.hidden)
         self.pos = nn.Embedding(cfg.seq_len, cfg.hidden)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(cfg.hidden)
         self.head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
-        self.apply(self._init_weights)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Every parameter from :func:`init_values` (nothing to do on the meta device)."""
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if not p.is_meta:
+                    full = [(0, n) for n in p.shape]
+                    p.copy_(init_values(name, p.shape, full, self.init_seed, device=p.device))
 
     def set_checkpointing(self, on: bool = True, context_fn=None) -> None:
         """Activation checkpointing per block (``--checkpoint_activations``): each block's
@@ -121,13 +195,6 @@ class GPT(nn.Module):
         for block in self.blocks:
             block.checkpoint = on
             block.checkpoint_context = context_fn or noop_context_fn
-
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """idx, targets: (B, T) int64. Returns (logits (B, T, V), mean loss or None)."""

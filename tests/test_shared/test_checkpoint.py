@@ -8,7 +8,8 @@ from torch import nn
 
 from shared.data.sampler import EpochSampler
 from shared.parallel import RNGStreams, capture_rng_state, restore_rng_state, seed_everything
-from shared.train import CheckpointError, load_checkpoint, save_checkpoint
+from shared.train import (CheckpointError, load_checkpoint, load_sharded, remove_shards,
+                          save_checkpoint, save_sharded)
 
 
 def test_round_trip(tmp_path):
@@ -25,6 +26,41 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path):
         save_checkpoint({"step": 2, "bad": lambda: None}, path)  # a lambda cannot be pickled
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_sharded_round_trip_and_failed_save_keeps_the_previous(tmp_path, monkeypatch):
+    """torch.distributed.checkpoint in one process: a round trip into other tensors (in
+    place); a save that fails half-way leaves the previous shards and no temporary directory;
+    removing old shards deletes only the files DCP wrote."""
+    import torch.distributed.checkpoint as dcp
+
+    from shared.parallel.topology import single_group
+    group = single_group()
+    state = {"model.w": torch.randn(5, 3), "optim.step": torch.tensor(4.0)}
+    first = save_sharded(state, tmp_path, 3, group)
+    assert first.startswith("shards-step000003-") and (tmp_path / first / ".metadata").is_file()
+    back = {"model.w": torch.zeros(5, 3), "optim.step": torch.tensor(0.0)}
+    view = back["model.w"]
+    load_sharded(back, tmp_path / first)
+    assert torch.equal(view, state["model.w"]) and back["optim.step"].item() == 4.0
+
+    real_save = dcp.save
+
+    def failing_save(sd, checkpoint_id, **kw):
+        real_save(sd, checkpoint_id=checkpoint_id, **kw)       # some files are written ...
+        raise OSError("disk full")                             # ... then the save fails
+
+    monkeypatch.setattr(dcp, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_sharded({"model.w": torch.ones(5, 3)}, tmp_path, 6, group)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first]   # no temporary left
+    load_sharded(back, tmp_path / first)
+    assert torch.equal(back["model.w"], state["model.w"])
+    with pytest.raises(CheckpointError, match="not a complete sharded checkpoint"):
+        load_sharded(back, tmp_path / "missing")
+    (tmp_path / first / "notes.txt").write_text("mine")          # a file DCP did not write
+    remove_shards(tmp_path / first)
+    assert [p.name for p in (tmp_path / first).iterdir()] == ["notes.txt"]
 
 
 def test_truncated_checkpoint_gives_a_clear_error(tmp_path):

@@ -20,8 +20,11 @@ hundred terms here. The 2D/2.5D/3D LayerNorms (two-pass statistics) are also che
 Sizes: hidden 24, heads 12 (head_dim 2), vocab 36, seq 5, batch 12; not powers of two and
 divisible by every grid below (1d p=3,4; 2d q=2; 2.5d q=2 d=2; 3d q=2); the odd 2D grid q=3
 (9 ranks) uses hidden 36, heads 6. Three spawns (4, 8 and 9 ranks) hold every case: a grid
-smaller than the world (1d p=3 on 9 ranks, p=2 for the dropout check on 4) runs as
-data-parallel replicas of it. (2.5D with d=1 is 2D with another batch group; test_train.py
+smaller than the world runs as data-parallel replicas of it (TP × DP: 1d p=2 × 2 replicas on 4
+ranks, 2d q=2 × 2 on 8, 1d p=3 × 3 on 9): each replica takes its chunk of the global batch, the
+loss is the global batch's and the training core's gradient sync (``grad_plans``) sums the
+replicas' gradients, so loss, logits and every gradient (and the clipped ones) equal the serial
+model's on the whole batch. (2.5D with d=1 is 2D with another batch group; test_train.py
 evaluates a checkpoint under it.)
 """
 import copy
@@ -31,10 +34,12 @@ import torch
 
 from shared.parallel import RNGStreams, build_topology, spawn
 from shared.parallel.topology import TopologyError
-from shared.train.gradients import clip_gradients
+from shared.train.gradients import clip_gradients, sync_gradients
 from tensor_parallel.models import GPT, GPTConfig, num_parameters
-from tensor_parallel.parallel import (build_grid, check_shapes, parallelize, serial_state_dict,
-                                      set_streams, shard_state)
+from shared.parallel.topology import world_group
+from shared.train import load_sharded, save_sharded
+from tensor_parallel.parallel import (build_grid, build_parallel, check_shapes, parallelize,
+                                      serial_state_dict, set_streams, shard_state)
 
 TOL = 1e-5
 # LayerNorm at mean 1e3: the mean itself carries fp32 rounding of ~1e3·6e-8 ≈ 6e-5 (in torch's
@@ -96,6 +101,18 @@ def _check_layernorm(mode, ln, pln, layout, cfg):
 
 def _check_mode(env, mode, depth, grid=None, cfg=CFG):
     topo = build_topology(mode, depth=depth, grid_size=grid)
+    # --- shard-only construction: each rank's pieces alone equal the serial model's ----------
+    torch.manual_seed(7)
+    reference = GPT(cfg).state_dict()
+    torch.manual_seed(7)
+    alone = build_parallel(cfg, topo)
+    local = sum(p.numel() for p in alone.parameters())
+    assert local < num_parameters(cfg) / 1.5, f"{mode}: {local} elements on one rank"
+    values = serial_state_dict(alone)
+    assert set(values) == set(reference)
+    for name, want in reference.items():
+        assert torch.equal(values[name], want), f"{mode}: shard-only {name} differs"
+
     serial = _serial_model(cfg)
     pmodel = parallelize(copy.deepcopy(serial), topo)
     layout = pmodel.layout
@@ -130,12 +147,14 @@ def _check_mode(env, mode, depth, grid=None, cfg=CFG):
     loss_s.backward()
     logits_p, loss_p = pmodel(idx, targets)
     _assert_close(f"{mode} loss", loss_p.detach(), loss_s.detach())
-    rows = layout.split_targets(torch.arange(BATCH))
+    rows = pmodel.local_rows(torch.arange(BATCH))
     vg = layout.vocab_group
     v = cfg.vocab_size // vg.size
     want = logits_s.detach()[rows][..., vg.rank * v:(vg.rank + 1) * v]
     _assert_close(f"{mode} logits", logits_p.detach(), want)
     loss_p.backward()
+    sync, parts = pmodel.grad_plans()          # what the training core runs after backward:
+    sync_gradients(sync)                       # the sum over data replicas (no-op without)
     sd = serial.state_dict()
     values = serial_state_dict(pmodel)
     grads = serial_state_dict(pmodel, grad=True)
@@ -149,7 +168,6 @@ def _check_mode(env, mode, depth, grid=None, cfg=CFG):
     assert all(torch.equal(pieces[k], local[k]) for k in local), f"{mode}: shard_state differs"
 
     # --- clipping by the global norm -------------------------------------------------------
-    parts = pmodel.grad_norm_parts()
     listed = [p for part in parts for p in part.params]
     assert len(listed) == len(set(map(id, listed))) == len(list(pmodel.parameters()))
     full = torch.nn.utils.get_total_norm([p.grad for p in serial.parameters()])
@@ -219,20 +237,54 @@ def _amp_check(env, mode):
     return errs
 
 
-def _check_world(env, cases, dropout=False, extra=()):
+def _reshard_check(env, shards_dir):
+    """A sharded checkpoint (torch.distributed.checkpoint) of 3D on 8 ranks loads into 2.5D
+    (q=2, d=2) and into 2D × 2 data replicas: weights and AdamW moments equal, piece by piece."""
+    torch.manual_seed(7)
+    serial = GPT(CFG)
+    moments = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(i))
+               for i, (k, v) in enumerate(serial.state_dict().items())}
+    torch.manual_seed(7)
+    src = build_parallel(CFG, build_topology("3d"))
+    opt = torch.optim.AdamW(src.parameters())
+    state = src.sharded_state_dict(opt)
+    for name, piece in shard_state(src, moments).items():       # moments: known values
+        opt.state[dict(src.gpt.named_parameters())[name]]["exp_avg"].copy_(piece)
+    state["optim.step"].fill_(5.0)
+    name = save_sharded(state, shards_dir, 5, world_group())
+    out = []
+    for mode, depth, grid in (("2p5d", 2, None), ("2d", 1, 4)):
+        torch.manual_seed(8)                                    # other initial values
+        dst = build_parallel(CFG, build_topology(mode, depth=depth, grid_size=grid))
+        dopt = torch.optim.AdamW(dst.parameters())
+        dest = dst.sharded_state_dict(dopt)
+        load_sharded(dest, shards_dir / name)
+        got = serial_state_dict(dst)
+        got_m = serial_state_dict(dst, pick=lambda p: dopt.state[p]["exp_avg"])
+        out.append(all(torch.equal(got[k], v) for k, v in serial.state_dict().items())
+                   and all(torch.equal(got_m[k], v) for k, v in moments.items())
+                   and dest["optim.step"].item() == 5.0)
+    return out
+
+
+def _check_world(env, cases, dropout=False, extra=(), shards_dir=None):
     losses = [_check_mode(env, *case) for case in cases]
+    if shards_dir is not None:
+        assert all(_reshard_check(env, shards_dir)), "resharded checkpoint differs"
     checks = {f"{kind} {mode}": (_checkpointing_check if kind == "ckpt" else _amp_check)(env, mode)
               for kind, mode in extra}
     return losses, (_dropout_check(env) if dropout else None), checks
 
 
 @pytest.mark.parametrize("world, cases, dropout, extra", [
-    (4, [("1d", 1), ("2d", 1)], True, [("ckpt", "1d"), ("ckpt", "2d"), ("amp", "2d")]),
-    (8, [("2p5d", 2), ("3d", 1)], False, [("ckpt", "3d"), ("amp", "3d")]),
+    (4, [("1d", 1), ("2d", 1), ("1d", 1, 2)], True,
+     [("ckpt", "1d"), ("ckpt", "2d"), ("amp", "2d")]),
+    (8, [("2p5d", 2), ("3d", 1), ("2d", 1, 4)], False, [("ckpt", "3d"), ("amp", "3d")]),
     (9, [("2d", 1, None, CFG_Q3), ("1d", 1, 3)], False, []),
 ])
-def test_parallel_matches_serial(world, cases, dropout, extra):
-    results = spawn(_check_world, world, cases, dropout, extra, timeout_s=240)
+def test_parallel_matches_serial(world, cases, dropout, extra, tmp_path):
+    results = spawn(_check_world, world, cases, dropout, extra,
+                    tmp_path if world == 8 else None, timeout_s=240)
     for per_rank in zip(*(losses for losses, _, _ in results)):  # the loss is the same everywhere
         assert max(per_rank) - min(per_rank) <= 1e-6 * abs(per_rank[0])
     for rank, (_, _, checks) in enumerate(results):
@@ -285,3 +337,15 @@ def test_bad_shapes_fail_before_work(mode, world, depth, cfg, batch, match):
 def test_bad_world_sizes(mode, world, depth, match):
     with pytest.raises(TopologyError, match=match):
         build_grid(mode, depth, world_size=world, rank=0)
+
+
+def test_data_parallel_grid_checks():
+    """``--dp``: the tensor grid is world / dp; the global batch must split over the replicas
+    and then over the grid's batch shards; a dp that does not divide the world is refused."""
+    topo = build_grid("2d", 1, world_size=8, rank=5, dp=2)
+    assert (topo.grid_size, topo.dp_size, topo.coords["data"]) == (4, 2, 1)
+    check_shapes(GPTConfig(vocab_size=36, hidden=24, heads=4), topo, 8)
+    with pytest.raises(ValueError, match="--batch_size 6 must be a multiple of 4"):
+        check_shapes(GPTConfig(vocab_size=36, hidden=24, heads=4), topo, 6)
+    with pytest.raises(TopologyError, match="--dp 3 does not divide the 8 ranks"):
+        build_grid("1d", 1, world_size=8, rank=0, dp=3)

@@ -6,7 +6,8 @@ import math
 import pytest
 
 from tensor_parallel import bench, reproduce
-from tensor_parallel.cost_model import layer_collectives, layer_sent_bytes, step_time
+from tensor_parallel.cost_model import (Cluster, layer_collectives, layer_sent_bytes, link,
+                                        step_time)
 
 
 def test_reproduce_smoke_measured_equals_closed_form(tmp_path):
@@ -19,11 +20,17 @@ def test_reproduce_smoke_measured_equals_closed_form(tmp_path):
             # each rank does 1/P of the serial FLOPs
             assert math.isclose(r["FLOP ratio"], 1.0 / r["ranks"], rel_tol=1e-9)
     assert (tmp_path / "comm_memory.md").is_file() and (tmp_path / "claims.csv").is_file()
-    assert all(r["paper"] > 0 and r["ours"] > 0 for r in claims)
+    assert all(r["paper"] > 0 and r["ours, per-GPU NIC"] > 0 and r["ours, shared NIC"] > 0
+               for r in claims)
+    # a shared NIC never speeds a mode up; it hurts 3D's many small groups more than 1D's ring
+    for r in proj:
+        assert r["train s, shared NIC"] >= r["train s, per-GPU NIC"] - 1e-12
+    three_vs_one = claims[0]
+    assert three_vs_one["ours, shared NIC"] < three_vs_one["ours, per-GPU NIC"]
 
 
 def test_bench_smoke(tmp_path):
-    overhead, steps, anchor = bench.main(["--smoke", "--out", str(tmp_path)])
+    overhead, steps, anchor, memory, overlap = bench.main(["--smoke", "--out", str(tmp_path)])
     assert [r["layer"].split()[0] for r in overhead] == ["serial", "1d", "2d", "2p5d", "3d"]
     assert [(r["mode"], r["processes"]) for r in steps] == [
         ("serial", 1), ("1d", 4), ("2d", 4), ("2p5d (d=1)", 4)]
@@ -38,11 +45,18 @@ def test_bench_smoke(tmp_path):
             assert r[col] <= 1e-5, (col, r)
         assert r["ours ms"] > 0 and r["torch ms"] > 0
     assert (tmp_path / "bench_torch_tp.md").is_file()
+    # memory per rank: parameters + AdamW moments are exactly 1/p of serial's (up to 1D's
+    # replicated LayerNorms, biases and position table); every phase measured
+    assert [(r["mode"], r["ranks"]) for r in memory] == [("serial", 1), ("1d", 4), ("2d", 4)]
+    assert memory[2]["vs serial/p"] == pytest.approx(1.0)
+    assert 1.0 < memory[1]["vs serial/p"] < 1.2
+    assert all(r[f"{k} peak MiB"] > 0 for r in memory for k in ("construct", "step", "save"))
+    assert [r["mode"] for r in overlap] == ["2d"] and overlap[0]["off/on"] > 0
 
 
 def test_bench_rejects_unknown_section(tmp_path):
     from shared.train import ConfigError
-    with pytest.raises(ConfigError, match="choose from overhead, steps, torch_tp"):
+    with pytest.raises(ConfigError, match="choose from overhead, steps, torch_tp, memory"):
         bench.main.__wrapped__(["--smoke", "--only", "nope", "--out", str(tmp_path)])
 
 
@@ -68,6 +82,22 @@ def test_projection_counts_inter_node_links():
     one_node = step_time("1d", 4, 4096, 512, 1024, 1)["comm_s"]
     two_nodes = step_time("1d", 8, 4096, 512, 1024, 1)["comm_s"]
     assert two_nodes > one_node
+
+
+def test_projection_network_assumptions_are_inputs():
+    """3D on 64 GPUs (16 nodes of 4): its 16 input groups span nodes, 4 of them per node. With a
+    shared NIC each gets a quarter of the link; 1D's single ring leaves each node once and
+    keeps the whole link. Placing ranks round-robin moves the 2D row groups off-node."""
+    per_gpu, shared = Cluster(nic="per_gpu"), Cluster(nic="shared")
+    assert link("3d", 64, 1, "input/output", per_gpu)[1] == per_gpu.beta_inter
+    assert link("3d", 64, 1, "input/output", shared)[1] == shared.beta_inter / 4
+    assert link("1d", 64, 1, "tensor", shared)[1] == shared.beta_inter
+    assert link("3d", 64, 1, "weight", shared) == (shared.alpha_intra, shared.beta_intra)
+    spread = Cluster(placement="round_robin")
+    assert link("2d", 16, 1, "row", Cluster())[1] == Cluster().beta_intra
+    assert link("2d", 16, 1, "row", spread)[1] == spread.beta_inter
+    with pytest.raises(ValueError, match="choose per_gpu or shared"):
+        link("1d", 8, 1, "tensor", Cluster(nic="bogus"))
 
 
 @pytest.mark.parametrize("q, d", [(2, 2), (3, 2), (4, 4)])

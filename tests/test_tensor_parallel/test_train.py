@@ -1,4 +1,4 @@
-"""Training on the shared core: learning, serial-layout checkpoints that resume and evaluate under
+"""Training on the shared core: learning, sharded checkpoints that resume and evaluate under
 any mode and world size, exact resume, run names, and one-line errors for bad command lines.
 
 Cross-mode comparisons use 1e-4 relative for losses after optimizer steps (AdamW divides by
@@ -6,6 +6,7 @@ sqrt(v) + eps, which amplifies summation-order differences of ~1e-7 in tiny grad
 for a plain evaluation of the same weights (no optimizer in between).
 """
 import json
+import shutil
 
 import pytest
 import torch
@@ -27,44 +28,67 @@ def _losses(run):
     return [(r["step"], r["loss"]) for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
 
 
-def _resume_then_eval_worker(env, train_argv, eval_argv):
+def _train_then_eval_worker(env, train_argvs, eval_argv):
     # the undecorated mains: entry_point would tear down the spawned process group
-    return tp_train.main.__wrapped__(train_argv), tp_eval.main.__wrapped__(eval_argv)
+    return ([tp_train.main.__wrapped__(argv) for argv in train_argvs],
+            tp_eval.main.__wrapped__(eval_argv))
 
 
-def test_checkpoint_moves_between_modes_and_world_sizes(tmp_path, capsys):
-    # one process (the serial model) for 6 steps, and the same run cut at step 3 ...
+def _train_worker(env, argv):
+    return tp_train.main.__wrapped__(argv)
+
+
+def test_sharded_checkpoint_moves_between_modes_and_world_sizes(tmp_path, capsys):
+    """A sharded checkpoint (torch.distributed.checkpoint) written by 2D on 4 ranks resumes in
+    1D on 2 ranks and in one process with the same next-step loss, and evaluates under 2.5D;
+    1D × 2 data replicas (--dp 2) trains like the serial model."""
+    # one process (the serial model) for 6 steps, the reference ...
     full = tp_train.main(_argv(tmp_path, "--run", "a"))
-    tp_train.main(_argv(tmp_path, "--run", "b", "--stop_at", "3"))
-    # ... resumed from its run directory alone under 2D on 4 ranks reaches the same losses;
-    # the same ranks then evaluate the uninterrupted run's checkpoint under 2.5D (q=2, d=1)
-    resumed, grid_eval = spawn(
-        _resume_then_eval_worker, 4,
-        ["--resume", str(tmp_path / "b"), "--mode", "2d", "--device", "cpu", "--quiet"],
+    # ... the same run in 2D on 4 ranks cut at step 3, and whole in 1D × 2 replicas; the same
+    # ranks evaluate run a under 2.5D
+    (cut, dp), grid_eval = spawn(
+        _train_then_eval_worker, 4,
+        [_argv(tmp_path, "--run", "b", "--mode", "2d", "--stop_at", "3"),
+         _argv(tmp_path, "--run", "dp", "--mode", "1d", "--dp", "2")],
         ["--out_dir", str(tmp_path), "--run", "a", "--mode", "2p5d", "--device", "cpu"],
         timeout_s=240)[0]
-    assert resumed["step"] == 6
-    whole, split = _losses(tmp_path / "a"), _losses(tmp_path / "b")
-    assert [s for s, _ in split] == [s for s, _ in whole] == list(range(1, 7))
-    assert split[:3] == whole[:3]
-    for (_, la), (_, lb) in zip(whole, split):
-        assert lb == pytest.approx(la, rel=1e-4)
-    assert resumed["val_loss"] == pytest.approx(full["val_loss"], rel=1e-4)
+    assert cut["step"] == 3 and dp["step"] == 6
+    for (sa, la), (sd, ld) in zip(_losses(tmp_path / "a"), _losses(tmp_path / "dp")):
+        assert sa == sd and ld == pytest.approx(la, rel=1e-4)
+    assert dp["val_loss"] == pytest.approx(full["val_loss"], rel=1e-4)
+    assert load_checkpoint(tmp_path / "dp" / "checkpoint.pt")["task"]["dp"] == 2
     ckpt = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
-    assert ckpt["step"] == 6 and ckpt["task"]["mode"] == "2d" and ckpt["task"]["world"] == 4
+    assert ckpt["step"] == 3 and ckpt["task"]["mode"] == "2d" and ckpt["task"]["world"] == 4
+    shards = tmp_path / "b" / ckpt["shards"]
+    assert sorted(f.name for f in shards.iterdir()) == [".metadata"] + [
+        f"__{r}_0.distcp" for r in range(4)]                   # every rank wrote its pieces
+    assert not list((tmp_path / "b").glob("shards-step000000*"))   # superseded: none before
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    # resumed from the run directory alone: 1D on 2 ranks, and one process
+    resumed = spawn(_train_worker, 2, ["--resume", str(tmp_path / "b"), "--mode", "1d",
+                                       "--device", "cpu", "--quiet"], timeout_s=240)[0]
+    serial = tp_train.main(["--resume", str(tmp_path / "c"), "--mode", "1d", "--quiet"])
+    assert resumed["step"] == serial["step"] == 6
+    whole, in_1d, in_one = (_losses(tmp_path / r) for r in "abc")
+    assert [s for s, _ in in_1d] == [s for s, _ in in_one] == [s for s, _ in whole] == [
+        1, 2, 3, 4, 5, 6]
+    assert in_1d[:3] == in_one[:3]                              # the 2D run's own losses
+    assert in_1d[3][1] == pytest.approx(in_one[3][1], rel=1e-5)  # the next step's loss
+    for (_, la), (_, lb), (_, lc) in zip(whole, in_1d, in_one):
+        assert lb == pytest.approx(la, rel=1e-4) and lc == pytest.approx(la, rel=1e-4)
+    assert resumed["val_loss"] == pytest.approx(serial["val_loss"], rel=1e-5)
+    assert resumed["val_loss"] == pytest.approx(full["val_loss"], rel=1e-4)
+    assert not shards.exists()                                  # replaced by step 6's shards
     # a checkpoint evaluates to its run's val loss under another grid, and in one process
     assert grid_eval == pytest.approx(full["val_loss"], rel=1e-5)
     single = tp_eval.main(["--out_dir", str(tmp_path), "--run", "b"])
     assert single == pytest.approx(resumed["val_loss"], rel=1e-5)
-    # convert: the plain serial state dict, and a shard report for another grid
+    # convert: the plain serial state dict (read from 1D shards), and a shard report
     capsys.readouterr()
-    model = convert_main(["--out_dir", str(tmp_path), "--run", "a", "--out",
+    model = convert_main(["--out_dir", str(tmp_path), "--run", "b", "--out",
                           str(tmp_path / "gpt.pt"), "--mode", "2d", "--world", "4"])
     report = capsys.readouterr().out
     saved = torch.load(tmp_path / "gpt.pt", weights_only=True)     # a plain state dict
-    serial = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["task"]["model"]
-    assert set(saved) == set(serial)
-    assert all(torch.equal(saved[k], serial[k]) for k in serial)
     cfg = GPTConfig(**json.loads((tmp_path / "gpt.json").read_text()))
     assert cfg == model.cfg
     fresh = GPT(cfg)
@@ -106,8 +130,8 @@ def test_real_data_formats(tmp_path):
     out = tp_train.main(_argv(tmp_path, "--run", "r", "--data", str(data), "--steps", "3"))
     assert out["step"] == 3
     assert json.loads((tmp_path / "r" / "config.json").read_text())["vocab_size"] == 320
-    state = load_checkpoint(tmp_path / "r" / "checkpoint.pt")["task"]
-    assert state["model"]["head.weight"].shape == (320, 24)
+    assert convert_main(["--out_dir", str(tmp_path), "--run", "r", "--out",
+                         str(tmp_path / "r.pt")]).head.weight.shape == (320, 24)
 
 
 def _one_line_error(capsys, main, argv, *expected):
