@@ -23,15 +23,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from shared.bench import PeakMemory, ResultsConfig, results_dir, time_fn, write_table
+from shared.bench import PeakMemory, ResultsConfig, publish, begin, time_fn, write_table
 from shared.train import entry_point, parse_config
 
 from .models.sparse import SparseConv3d, SparseTensor
-from .reproduce import update_readme
 from .voting import canonical_vote, canonical_vote_loop, make_grid
 
 RESULTS = Path(__file__).resolve().parent / "results"
-README = Path(__file__).resolve().parent / "README.md"
 
 
 @dataclass
@@ -161,8 +159,7 @@ def main(argv=None):
     if cfg.smoke:
         cfg.points, cfg.n_rot, cfg.grid, cfg.channels, cfg.repeat = 1000, 12, 16, 8, 1
         cfg.vote_voxel, cfg.room_points = 0.1, 3000
-    torch.set_num_threads(cfg.threads)
-    out = results_dir(RESULTS, cfg.out, cfg.smoke)
+    out = begin(cfg, RESULTS)
     note = ("SMOKE run: tiny sizes (a code check, not a result)" if cfg.smoke else
             f"{cfg.threads} torch thread(s), median of {cfg.repeat}; a shared machine: compare "
             f"ratios, not absolute times")
@@ -180,9 +177,7 @@ def main(argv=None):
                          notes=[note, "sparse: plain-PyTorch submanifold convolution "
                                 "(canonical_voting.models.sparse), neighbour search included; "
                                 "dense: torch conv3d on the zero-filled grid"])
-    if not cfg.smoke and not cfg.out:
-        update_readme()
-    print("wrote " + ", ".join(str(p) for p in paths))
+    publish(cfg, RESULTS, paths)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
 
 from shared.errors import UsageError
-from shared.train import entry_point, load_checkpoint, load_config, parse_config, runs_root
+from shared.train import EvalConfig as BaseEvalConfig
+from shared.train import entry_point, load_config, parse_config, runs_root
 from shared.train.config import ConfigError
-from shared.train.run import checkpoint_files, resolve_run
+from shared.train.restore import load_run_weights, load_weights_into
+from shared.train.run import resolve_run
 
 from .config import Config
 from .data import build_data
@@ -33,29 +34,21 @@ PAPER = "canonical_voting"
 
 
 @dataclass
-class EvalConfig:
-    run: str = ""
-    """run directory or name under --out_dir (comma-separated: separate models); "" = newest"""
-    out_dir: str = ""
-    """root of the run directories; "" = <repo>/runs/canonical_voting"""
-    data: str = ""
-    """override the run's data path"""
+class EvalConfig(BaseEvalConfig):
+    """``--run``: comma-separated runs are evaluated together as separate models (one class
+    each)."""
     eval_scenes: int = -1
     """validation scenes; -1 = the run's setting, 0 = all"""
-    device: str = "auto"
-    """auto (CUDA when present) | cpu | cuda"""
     lcc_check: Optional[bool] = None
     """override the run's LCC back-projection check (false: the paper's ablation)"""
     picture: bool = True
     """write detections.png beside the (first) run's checkpoint"""
-    debug: bool = False
 
     def validate(self) -> None:
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"--device {self.device!r}: choose auto, cpu or cuda")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise UsageError("--device cuda, but CUDA is not available on this machine; use "
-                             "--device cpu or auto")
+        super().validate()
+        if self.batch_size:
+            raise ConfigError("--batch_size: canonical_voting evaluates one scene at a time; "
+                              "drop it")
         if self.eval_scenes < -1:
             raise ConfigError(f"--eval_scenes must be >= 0 (or -1: the run's); got "
                               f"{self.eval_scenes}")
@@ -66,29 +59,20 @@ def load_run(run: Path, args: EvalConfig, device) -> tuple[Config, Evaluator, in
     cfg = dataclasses.replace(cfg, data=args.data or cfg.data,
                               eval_scenes=cfg.eval_scenes if args.eval_scenes < 0 else args.eval_scenes,
                               lcc_check=cfg.lcc_check if args.lcc_check is None else args.lcc_check)
-    files = checkpoint_files(run)
-    if not files:
-        raise UsageError(f"{run} has no checkpoint; train it to the end or pass another --run")
-    state = load_checkpoint(files[0], map_location="cpu")
-    if state.get("paper") != PAPER:
-        raise UsageError(f"{files[0]} is a checkpoint of {state.get('paper')!r}, not of {PAPER}")
+    weights, step, _ = load_run_weights(run, PAPER)
     _, val, dataset_classes = build_data(cfg)
     classes, _ = model_classes(cfg, dataset_classes)
     model = build_model(cfg, len(classes))
-    try:
-        model.load_state_dict(state["task"]["model"])
-    except RuntimeError as exc:
-        raise UsageError(f"the checkpoint of {run} does not fit the model its config.json "
-                         f"describes: {str(exc).splitlines()[0]}") from None
+    load_weights_into(model, weights, run, f"the {cfg.method} detector")
     model.to(device)
-    return cfg, Evaluator(cfg, model, val, classes, dataset_classes, device), int(state["step"])
+    return cfg, Evaluator(cfg, model, val, classes, dataset_classes, device), step
 
 
 @entry_point
 def main(argv=None) -> dict:
     args = parse_config(EvalConfig, None, argv, default_preset=None)
     root = runs_root(args, PAPER)
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = args.torch_device()
     names = [n for n in args.run.split(",") if n] if args.run else [""]
     runs = [resolve_run(root, n) for n in names]
     loaded = [load_run(r, args, device) for r in runs]

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.bench import ResultsConfig, copy_tables_to_readme, print_rows, results_dir, write_table
+from shared.bench import ResultsConfig, publish, print_rows, results_dir, write_table
 from shared.train import entry_point, parse_config
 from shared.train.cli import REPO_ROOT
 
@@ -43,7 +43,6 @@ from .config import PRESETS, Config
 from .data import PROCEDURAL_CLASSES
 
 RESULTS = Path(__file__).resolve().parent / "results"
-README = Path(__file__).resolve().parent / "README.md"
 PAPER_SOURCE = ("paper: the authors' project page (qq456cvb.github.io, projects/canonical-voting; "
                 "ScanNet figures are AP at IoU 0.5) and the arXiv v1 abstract (2011.12001)")
 
@@ -57,15 +56,6 @@ METHODS = ("canonical", "regression")
 
 LABEL = {"canonical": "Canonical Voting (LCC + voting over 120 yaws + LCC check)",
          "regression": "direct regression (VoteNet-style offset + heading bins)"}
-
-
-def update_readme() -> None:
-    """Copy results/ tables into the README; until both reproduce and bench have written theirs,
-    say which is missing instead of failing after the run."""
-    try:
-        copy_tables_to_readme(README, RESULTS)
-    except FileNotFoundError as exc:
-        print(f"README not updated yet: {exc}")
 
 
 @dataclass
@@ -262,9 +252,7 @@ def main(argv=None):
         if src.is_file():
             shutil.copy2(src, out / f"detections_{method}.png")
     print_rows("canonical voting vs direct regression (mAP in %, mean ± std over seeds)", summary)
-    if not cfg.smoke and not cfg.out:
-        update_readme()
-    print("wrote " + ", ".join(str(p) for p in paths))
+    publish(cfg, RESULTS, paths)
     return rows
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from shared.bench import ResultsConfig, Timer, copy_tables_to_readme, results_dir, write_table
+from shared.bench import ResultsConfig, Timer, publish, begin, write_table
 from shared.parallel.dist import DistEnv
 from shared.train import entry_point, parse_config
 from shared.train.config import ConfigError
@@ -31,7 +31,6 @@ from shared.train.config import ConfigError
 from .config import PRESETS, Config
 
 RESULTS = Path(__file__).resolve().parent / "results"
-README = Path(__file__).resolve().parent / "README.md"
 
 # (label, mode, concurrent, dependent passes on the critical path, passes of arithmetic)
 MODES = [
@@ -90,14 +89,6 @@ def time_mode(model, img_size, mode, concurrent, batch: int, cfg: BenchConfig,
     return statistics.median(times)
 
 
-def update_readme() -> None:
-    """Copy the generated tables into README.md (once both scripts have written theirs)."""
-    try:
-        copy_tables_to_readme(README, RESULTS)
-    except FileNotFoundError as exc:
-        print(f"README.md not updated yet: {exc}")
-
-
 @entry_point
 def main(argv=None):
     cfg = parse_config(BenchConfig, None, argv, default_preset=None)
@@ -107,8 +98,7 @@ def main(argv=None):
     if not len(cfg.models) == len(cfg.img_sizes) == len(cfg.batch_sizes):
         raise ConfigError("--models, --img_sizes and --batch_sizes need one value per model")
     device = "cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
-    torch.set_num_threads(cfg.threads)
-    out = results_dir(RESULTS, cfg.out, cfg.smoke)
+    out = begin(cfg, RESULTS)
     load = os.getloadavg()
     rows = []
     for model, size, batch in zip(cfg.models, cfg.img_sizes, cfg.batch_sizes):
@@ -141,9 +131,7 @@ def main(argv=None):
     paths = write_table(out / "bench_step_time", rows,
                         "Step time: vanilla vs DisAdv vs ConAdv (attack concurrent / serialised)",
                         notes=notes)
-    if not cfg.smoke and not cfg.out:
-        update_readme()
-    print("wrote " + ", ".join(str(p) for p in paths))
+    publish(cfg, RESULTS, paths)
     return rows
 
 

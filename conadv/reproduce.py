@@ -28,7 +28,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.bench import ResultsConfig, copy_tables_to_readme, results_dir, write_table
+from shared.train.plot import pyplot, save_figure
+from shared.bench import ResultsConfig, publish, results_dir, write_table
 from shared.train import entry_point, parse_config
 from shared.train.cli import REPO_ROOT
 from shared.train.config import ConfigError
@@ -36,7 +37,6 @@ from shared.train.config import ConfigError
 from .config import PRESETS, Config
 
 RESULTS = Path(__file__).resolve().parent / "results"
-README = Path(__file__).resolve().parent / "README.md"
 
 # mode label -> train flags
 MODES = {
@@ -216,11 +216,7 @@ def read_runs(path) -> list[dict]:
 
 
 def plot(runs: list[dict], modes: list[str], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     batches = sorted({r["batch"] for r in runs})
     for i, mode in enumerate(modes):
@@ -238,18 +234,7 @@ def plot(runs: list[dict], modes: list[str], path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def update_readme() -> None:
-    """Copy the generated tables into README.md (once both scripts have written theirs)."""
-    try:
-        copy_tables_to_readme(README, RESULTS)
-    except FileNotFoundError as exc:
-        print(f"README.md not updated yet: {exc}")
+    return save_figure(fig, path, dpi=120)
 
 
 @entry_point
@@ -309,9 +294,7 @@ def main(argv=None):
     png = plot(runs, modes, out / png_name,
                "SCALED DOWN: resnet_tiny on generated 16px images"
                if not cfg.smoke else "SMOKE (not a result)")
-    if not cfg.smoke and not cfg.out and cfg.readme:
-        update_readme()
-    print("wrote " + ", ".join(str(p) for p in (*paths, png)))
+    publish(cfg, RESULTS, (*paths, png), readme=cfg.readme)
     return table, runs
 
 

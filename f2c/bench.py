@@ -35,13 +35,12 @@ from pathlib import Path
 
 import torch
 
-from shared.bench import PeakMemory, ResultsConfig, Timer, results_dir, write_table
+from shared.bench import PeakMemory, ResultsConfig, Timer, publish, begin, write_table
 from shared.parallel.seeding import seed_everything
 from shared.train import entry_point, parse_config
 from shared.train.config import ConfigError
 
 from .models import F2C, FaceClassifier, MarginFC, PartialFC, create_backbone
-from .reproduce import update_readme
 
 RESULTS = Path(__file__).resolve().parent / "results"
 F4 = 4          # bytes of fp32
@@ -205,13 +204,11 @@ def paper_rows() -> list[dict]:
 @entry_point
 def main(argv=None):
     cfg = parse_config(BenchConfig, None, argv, default_preset=None)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
     if cfg.smoke:
         cfg.identities, cfg.repeat, cfg.batch, cfg.pool_size = "100,1000,100000", 1, 12, 64
         cfg.max_gb = 0.01
     device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
-    out = results_dir(RESULTS, cfg.out, cfg.smoke)
+    out = begin(cfg, RESULTS)
     rows = bench_scaling(cfg, device)
     notes = [f"{'SMOKE sizes (code check only)' if cfg.smoke else 'full sizes'}; backbone "
              f"ir_tiny with a {DIM}-d embedding on random 32x32 images, batch {cfg.batch} per "
@@ -243,9 +240,7 @@ def main(argv=None):
                                 "AMP; samples/s / MB per GPU; OOM = out of memory",
                                 "F2C's paper tables were not recovered; its abstract and Fig. 1 "
                                 "claim flat cost in the number of identities"])
-    if not cfg.smoke and not cfg.out:
-        update_readme()
-    print("wrote " + ", ".join(str(p) for p in paths))
+    publish(cfg, RESULTS, paths)
     return rows
 
 

@@ -82,7 +82,7 @@ class Config(_Base):
     accuracy (TAR@FAR uses every pair of their images)"""
     val_targets: str = ""
     """real data: names of DIR/<name>.bin verification sets, comma separated; "" = every .bin"""
-    eval_batch: int = 256
+    eval_batch_size: int = 256
     workers: int = 0
     """data-loading processes (real data); 0 = in the training process"""
 
@@ -123,7 +123,7 @@ class Config(_Base):
         size, dim = backbone_defaults(self.backbone)
         self.img_size, self.embedding_size = self.img_size or size, self.embedding_size or dim
         for name in ("num_ids", "images_per_id", "val_ids", "val_images_per_id", "val_pairs",
-                     "eval_batch"):
+                     "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1; got {getattr(self, name)}")
         if self.batch_size % 2:

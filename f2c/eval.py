@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from shared.errors import UsageError
-from shared.train import entry_point, load_checkpoint, load_config, parse_config, runs_root
-from shared.train.config import ConfigError
-from shared.train.run import checkpoint_files, resolve_run
+from shared.train import EvalConfig as BaseEvalConfig
+from shared.train import entry_point, load_config, parse_config, runs_root
+from shared.train.restore import load_run_weights, load_weights_into
+from shared.train.run import resolve_run
 
 from .config import Config
 from .data import build_val_sets
@@ -30,48 +30,21 @@ from .verification import verify
 
 
 @dataclass
-class EvalConfig:
-    run: str = ""
-    """run directory, or a run name under --out_dir; "" = the newest run with a checkpoint"""
-    out_dir: str = ""
-    """root of the run directories; "" = <repo>/runs/f2c"""
-    data: str = ""
-    """override the run's data directory (its verification .bin files)"""
+class EvalConfig(BaseEvalConfig):
+    """``--data``: the run's verification .bin files from another directory; ``--batch_size``
+    0 = the run's ``--eval_batch_size``."""
     val_targets: str = ""
     """override the run's verification set names"""
-    batch_size: int = 0
-    """0 = the run's --eval_batch"""
-    device: str = "auto"
-    debug: bool = False
-
-    def validate(self) -> None:
-        if self.batch_size < 0:
-            raise ConfigError(f"--batch_size must be >= 0; got {self.batch_size}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"--device {self.device!r}: choose auto, cpu or cuda")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise UsageError("--device cuda, but CUDA is not available on this machine; use "
-                             "--device cpu or auto")
 
 
 def load_backbone(run) -> tuple[Config, torch.nn.Module, int]:
-    """The run's config, its probe net with the checkpoint's weights (CPU), and the step."""
+    """The run's config, its probe net with rank 0's weights (CPU), and the step."""
     cfg = load_config(Config, run / "config.json")
-    files = checkpoint_files(run)
-    if not files:
-        raise UsageError(f"{run} has no checkpoint; train it to the end or --resume it")
-    state = load_checkpoint(files[0], map_location="cpu")
-    if state.get("paper") != "f2c":
-        raise UsageError(f"{files[0]} is a checkpoint of {state.get('paper')!r}, not of f2c")
-    weights = {k[len("backbone."):]: v for k, v in state["task"]["model"].items()
-               if k.startswith("backbone.")}
+    weights, step, _ = load_run_weights(run, "f2c", rank0_only=True)
+    weights = {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
     backbone = create_backbone(cfg.backbone, cfg.img_size, cfg.embedding_size)
-    missing, unexpected = backbone.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise UsageError(f"the checkpoint of {run} does not fit {cfg.backbone} as its "
-                         f"config.json describes it: missing {missing[:3]}, unexpected "
-                         f"{unexpected[:3]}")
-    return cfg, backbone, int(state["step"])
+    load_weights_into(backbone, weights, run, cfg.backbone)
+    return cfg, backbone, step
 
 
 @entry_point
@@ -81,12 +54,11 @@ def main(argv=None) -> dict:
     cfg, backbone, step = load_backbone(run)
     cfg = dataclasses.replace(cfg, data=args.data or cfg.data,
                               val_targets=args.val_targets or cfg.val_targets)
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available()
-                          else "cpu")
+    device = args.torch_device()
     backbone.to(device)
     metrics = {}
     for pairs in build_val_sets(cfg):
-        metrics.update(verify(backbone, pairs, args.batch_size or cfg.eval_batch, device))
+        metrics.update(verify(backbone, pairs, args.batch_size or cfg.eval_batch_size, device))
     print(f"{cfg.method} ({cfg.backbone}, {run}, step {step}): {summary_line(metrics)}",
           flush=True)
     return dict(metrics, run=str(run), step=step)

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.bench import ResultsConfig, copy_tables_to_readme, results_dir, write_table
+from shared.bench import ResultsConfig, publish, results_dir, write_table
 from shared.train import entry_point, parse_config, read_metrics
 from shared.train.cli import REPO_ROOT
 from shared.train.config import ConfigError
@@ -35,7 +35,6 @@ from .config import PRESETS, Config
 from .train import main as train_main
 
 RESULTS = Path(__file__).resolve().parent / "results"
-README = Path(__file__).resolve().parent / "README.md"
 LABELS = {"f2c": "F2C (Dynamic Class Pool)", "fc": "full FC", "pfc": "Partial FC r=0.1"}
 # Published figures at full scale (brief ../shared/papers/f2c.md Sec. 4-5). F2C's own tables were
 # not recovered; Partial FC's README compares r=1.0 (the full FC) and r=0.1 on Glint360K.
@@ -122,15 +121,6 @@ def collect(run: Path) -> dict:
         vals = [r[key] for r in train if key in r]
         out[key] = statistics.fmean(vals) if vals else None
     return out
-
-
-def update_readme() -> None:
-    """Copy results/ into the README (bench.py and reproduce.py each write only their tables;
-    a table the other has not written yet leaves the README as it is, with a note)."""
-    try:
-        copy_tables_to_readme(README, RESULTS)
-    except FileNotFoundError as exc:
-        print(f"README not updated yet: {exc}")
 
 
 def _pm(vals, scale=100.0) -> str:
@@ -233,8 +223,7 @@ def main(argv=None):
                    f"{cfg.long_seeds}" + (" (SMOKE: 3 steps)" if cfg.smoke else ""),
                    "run to see whether the gap between F2C and the FC baselines of the main "
                    "table closes when the class centres get more updates"])
-    if not cfg.smoke and not cfg.out:
-        update_readme()
+    publish(cfg, RESULTS, ())
     for row in summary:
         print(f"  {row['method']:<26} acc {row['ours: verification acc (%)']}, TAR@1e-4 "
               f"{row['ours: TAR@FAR=1e-4 (%)']}, hit {row['ours: pool hit rate (%)']}", flush=True)

@@ -186,7 +186,7 @@ class FaceTask(Task):
         broadcast_buffers(self.model.backbone, self.data_group)
         out = {}
         for pairs in self.val_sets:
-            out.update(verify(self.model.backbone, pairs, self.cfg.eval_batch, self.env.device))
+            out.update(verify(self.model.backbone, pairs, self.cfg.eval_batch_size, self.env.device))
         return out
 
     def describe(self) -> str:

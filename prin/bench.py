@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.bench import ResultsConfig, copy_tables_to_readme, results_dir, time_fn, write_table
+from shared.bench import ResultsConfig, publish, begin, time_fn, write_table
 from shared.train import entry_point, parse_config
 from shared.train.config import ConfigError
 
@@ -29,7 +29,6 @@ from .models import create_model
 from .models import so3
 
 RESULTS = Path(__file__).resolve().parent / "results"
-README = Path(__file__).resolve().parent / "README.md"
 
 
 @dataclass
@@ -162,8 +161,7 @@ def main(argv=None):
     cfg = parse_config(BenchConfig, None, argv, default_preset=None)
     if cfg.smoke:
         cfg.bandwidths, cfg.direct_bandwidths, cfg.channels, cfg.batch, cfg.repeat = (4,), (3,), 2, 1, 1
-    torch.set_num_threads(cfg.threads)
-    out = results_dir(RESULTS, cfg.out, cfg.smoke)
+    out = begin(cfg, RESULTS)
     note = [f"one process, {cfg.threads} torch thread(s), median of {cfg.repeat}; a CPU shared "
             f"with other jobs, so ratios are more telling than absolute times"]
     rows = bench_so3(cfg)
@@ -179,9 +177,7 @@ def main(argv=None):
                              "CPU preset: SPRIN half width, levels 512->64->16, PRIN b=16, "
                              "PointNet quarter width; paper: SPRIN 1024->128->32 full width, "
                              "PRIN b=32, PointNet full width"])
-    if not cfg.smoke and not cfg.out:
-        copy_tables_to_readme(README, RESULTS)
-    print("wrote " + ", ".join(str(p) for p in paths))
+    publish(cfg, RESULTS, paths)
     return rows, mrows
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
-from shared.errors import UsageError
 from shared.pointcloud.render import render_grid
-from shared.train import entry_point, load_checkpoint, load_config, parse_config, runs_root
+from shared.train import EvalConfig as BaseEvalConfig
+from shared.train import entry_point, load_config, parse_config, runs_root
 from shared.train.config import ConfigError
-from shared.train.run import checkpoint_files, resolve_run
+from shared.train.restore import load_run_weights, load_weights_into
+from shared.train.run import resolve_run
 
 from .config import Config
 from .data import build_datasets, one_hot, test_batches
@@ -31,47 +32,28 @@ from .train import build_model, evaluate, summary_line
 
 
 @dataclass
-class EvalConfig:
-    run: str = ""
-    """run directory, or a run name under --out_dir; "" = the newest run with a checkpoint"""
-    out_dir: str = ""
-    """root of the run directories; "" = <repo>/runs/prin"""
-    data: str = ""
-    """override the run's data path"""
-    eval_batch_size: int = 0
-    """0 = the run's"""
+class EvalConfig(BaseEvalConfig):
+    """``--batch_size`` 0 = the run's ``--eval_batch_size``."""
     picture: str = ""
     """PNG of predicted parts (segmentation runs); "" = <run>/parts.png; "none" = no picture"""
     shapes: int = 4
     """test shapes in the picture"""
-    device: str = "auto"
-    debug: bool = False
 
     def validate(self) -> None:
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"--device {self.device!r}: choose auto, cpu or cuda")
-        if self.eval_batch_size < 0 or self.shapes < 1:
-            raise ConfigError("--eval_batch_size must be >= 0 and --shapes >= 1")
+        super().validate()
+        if self.shapes < 1:
+            raise ConfigError(f"--shapes must be >= 1; got {self.shapes}")
 
 
 def load_run(run: Path, data: str = "", device="cpu"):
     """``(cfg, model, test set, step)`` of a run directory, the model on ``device`` in eval mode."""
     cfg = load_config(Config, run / "config.json")
     cfg = dataclasses.replace(cfg, data=data or cfg.data)
-    files = checkpoint_files(run)
-    if not files or files[0].name != "checkpoint.pt":
-        raise UsageError(f"{run} has no checkpoint.pt")
-    state = load_checkpoint(files[0], map_location="cpu")
-    if state.get("paper") != "prin":
-        raise UsageError(f"{files[0]} is a checkpoint of {state.get('paper')!r}, not of prin")
+    weights, step, _ = load_run_weights(run, "prin")
     train, test = build_datasets(cfg, runs_root(cfg, "prin") / "cache")
     model = build_model(cfg, train)
-    try:
-        model.load_state_dict(state["task"]["model"])
-    except RuntimeError as exc:
-        raise UsageError(f"the checkpoint of {run} does not fit the model its config.json "
-                         f"describes: {str(exc).splitlines()[0]}") from None
-    return cfg, model.to(device).eval(), test, state["step"]
+    load_weights_into(model, weights, run, f"{cfg.model} ({cfg.task})")
+    return cfg, model.to(device).eval(), test, step
 
 
 def one_per_category(test, shapes: int) -> list[int]:
@@ -130,10 +112,10 @@ def main(argv=None) -> dict:
     args = parse_config(EvalConfig, None, argv, default_preset=None)
     root = runs_root(args, "prin")
     run = resolve_run(root, args.run)
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = args.torch_device()
     cfg, model, test, step = load_run(run, args.data, device)
-    if args.eval_batch_size:
-        cfg = dataclasses.replace(cfg, eval_batch_size=args.eval_batch_size)
+    if args.batch_size:
+        cfg = dataclasses.replace(cfg, eval_batch_size=args.batch_size)
     res = evaluate(model, test, cfg, device)
     print(f"{summary_line(cfg, res)} ({run}, step {step}, {len(test)} test shapes, "
           f"{cfg.points} points)", flush=True)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.bench import ResultsConfig, copy_tables_to_readme, results_dir, write_table
+from shared.bench import ResultsConfig, publish, results_dir, write_table
 from shared.pointcloud.render import render_grid
 from shared.errors import UsageError
 from shared.train import entry_point, parse_config, read_metrics
@@ -47,7 +47,6 @@ from . import metrics
 from .models import MODELS, TASKS
 
 RESULTS = Path(__file__).resolve().parent / "results"
-README = Path(__file__).resolve().parent / "README.md"
 LABEL = {"sprin": "SPRIN", "prin": "PRIN", "pointnet": "PointNet"}
 # ShapeNet part, trained NR: (NR/AR inst, NR/AR cls, NR/NR inst, NR/NR cls); brief §4
 PAPER_SEG = {"prin": (71.20, 66.75, 72.04, 68.39), "sprin": (81.92, 78.34, 81.88, 78.21),
@@ -322,9 +321,8 @@ def main(argv=None):
     for row in seg_rows(cfg, results) if "seg" in cfg.tasks else []:
         print(f"  {row['model']:<9} NR/AR inst: paper {row['paper NR/AR inst']}, ours "
               f"{row['ours NR/AR inst']} (NR/NR {row['ours NR/NR inst']})")
-    if not cfg.smoke and not cfg.out:
-        copy_tables_to_readme(README, RESULTS)
-    print(f"{timing}; wrote " + ", ".join(str(p) for p in paths))
+    print(timing)
+    publish(cfg, RESULTS, paths)
     return results
 
 

@@ -37,18 +37,18 @@ class EvalConfig(BaseEvalConfig):
     eval_batches: int = 0
     """validation batches; 0 = the run's (those of its train-time validation)"""
 
+    MODES = Config.MODES
+    timeout: float = 600.0
+    """seconds a collective may wait before the job stops"""
+
     def validate(self) -> None:
-        if self.mode and self.mode not in Config.MODES:
-            raise ConfigError(f"--mode {self.mode!r} is not a mode of seqpar; choose one of: "
-                              f"{', '.join(Config.MODES)}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"--device {self.device!r}: choose auto, cpu or cuda")
-        for name in ("seq_parallel", "eval_batches", "threads"):
+        super().validate()
+        if self.timeout <= 0:
+            raise ConfigError(f"--timeout must be a positive number of seconds; got {self.timeout}")
+        for name in ("seq_parallel", "eval_batches"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0 (0 = the default); got "
                                   f"{getattr(self, name)}")
-        if self.timeout <= 0:
-            raise ConfigError(f"--timeout must be a positive number of seconds; got {self.timeout}")
 
 
 @entry_point
@@ -59,6 +59,7 @@ def main(argv=None) -> dict:
     cfg = load_config(Config, run / "config.json")
     cfg = dataclasses.replace(cfg, data=args.data or cfg.data,
                               eval_batches=args.eval_batches or cfg.eval_batches,
+                              batch_size=args.batch_size or cfg.batch_size,
                               device=args.device, timeout=args.timeout, threads=args.threads)
     files = checkpoint_files(run)
     if files[0].name != "checkpoint.pt":

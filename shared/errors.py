@@ -11,3 +11,7 @@ from __future__ import annotations
 
 class UsageError(ValueError):
     """Bad input that the user can fix; the message names the problem and the fix."""
+
+
+class DataError(UsageError):
+    """Missing or malformed data: the message names the path, what was expected and found."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from shared.bench import ResultsConfig, copy_tables_to_readme, results_dir, time_fn, write_table
+from shared.bench import ResultsConfig, publish, begin, time_fn, write_table
 from shared.train import entry_point, parse_config
 
 from . import loss as loss_module
@@ -197,11 +197,7 @@ def bench_ccd(cfg: BenchConfig) -> list[dict]:
 @entry_point
 def main(argv=None):
     cfg = parse_config(BenchConfig, None, argv, default_preset=None)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    if cfg.smoke:
-        cfg.repeat = 1
-    out = results_dir(RESULTS, cfg.out, cfg.smoke)
+    out = begin(cfg, RESULTS)
     label = "smoke sizes (code check only)" if cfg.smoke else "full sizes"
     notes = ["the paper reports no speed numbers: all columns are measured here",
              f"{label}; mean of {cfg.repeat} timed repeats after warm-up",
@@ -220,9 +216,7 @@ def main(argv=None):
                          seed=cfg.seed, notes=notes[:3])
     for row in rows + ccd_rows:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
-    if not cfg.smoke and not cfg.out:
-        copy_tables_to_readme(RESULTS.parent / "README.md", RESULTS)
-    print("wrote " + ", ".join(str(p) for p in paths))
+    publish(cfg, RESULTS, paths)
     return rows + ccd_rows
 
 

@@ -24,12 +24,12 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from shared.errors import UsageError
-from shared.train import entry_point, load_checkpoint, load_config, parse_config, runs_root
+from shared.train import EvalConfig as BaseEvalConfig
+from shared.train import entry_point, load_config, parse_config, runs_root
 from shared.train.config import ConfigError
-from shared.train.run import checkpoint_files, resolve_run
+from shared.train.restore import load_run_weights, load_weights_into
+from shared.train.run import resolve_run
 
 from .config import Config
 from .data import ShapeSet, build_datasets, keypointnet, procedural
@@ -38,37 +38,27 @@ from .train import build_model, evaluate_keypoints, picture, random_baseline
 
 
 @dataclass
-class EvalConfig:
-    run: str = ""
-    """run directory, or a run name under --out_dir; "" = the newest run with a checkpoint"""
-    out_dir: str = ""
-    """root of the run directories; "" = <repo>/runs/skeleton_merger"""
+class EvalConfig(BaseEvalConfig):
+    """``--batch_size`` 0 = the run's batch size; ``--data``: the run's ShapeNet data from
+    another path."""
     keypointnet: str = ""
     """KeypointNet root to evaluate on (default: the run's own evaluation data)"""
     noise: tuple[float, ...] = (0.0, 0.01, 0.02, 0.04)
     """standard deviations of the Gaussian input noise (robustness)"""
     keep: tuple[float, ...] = (1.0, 0.5, 0.25)
     """fractions of the input points kept (robustness)"""
-    batch_size: int = 0
-    """0 = the run's batch size"""
     pictures: int = 6
-    device: str = "auto"
     seed: int = 0
     """seeds the noise, the subsampling and the farthest-point-sampling starts"""
-    debug: bool = False
 
     def validate(self) -> None:
+        super().validate()
         if any(s < 0 for s in self.noise):
             raise ConfigError(f"--noise values must be >= 0; got {self.noise}")
         if any(not 0 < f <= 1 for f in self.keep):
             raise ConfigError(f"--keep values must be in (0, 1]; got {self.keep}")
-        if self.batch_size < 0 or self.pictures < 0:
-            raise ConfigError("--batch_size and --pictures must be >= 0")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"--device {self.device!r}: choose auto, cpu or cuda")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise UsageError("--device cuda, but CUDA is not available on this machine; use "
-                             "--device cpu or auto")
+        if self.pictures < 0:
+            raise ConfigError(f"--pictures must be >= 0; got {self.pictures}")
 
 
 def perturb(shapes: ShapeSet, noise: float = 0.0, keep: float = 1.0, seed: int = 0) -> ShapeSet:
@@ -110,20 +100,10 @@ def load_run(run_arg: str = "", out_dir: str = ""):
     root = runs_root(EvalConfig(out_dir=out_dir), "skeleton_merger")
     run = resolve_run(root, run_arg)
     cfg = load_config(Config, run / "config.json")
-    files = checkpoint_files(run)
-    if not files:
-        raise UsageError(f"{run} has no checkpoint.pt; train it to the end or resume it")
-    state = load_checkpoint(files[0], map_location="cpu")
-    if state.get("paper") != "skeleton_merger":
-        raise UsageError(f"{files[0]} is a checkpoint of {state.get('paper')!r}, not of "
-                         f"skeleton_merger")
+    weights, step, _ = load_run_weights(run, "skeleton_merger")
     model = build_model(cfg)
-    try:
-        model.load_state_dict(state["task"]["model"])
-    except RuntimeError as exc:
-        raise UsageError(f"the checkpoint of {run} does not fit the model its config.json "
-                         f"describes: {str(exc).splitlines()[0]}") from None
-    return run, cfg, model, state["step"]
+    load_weights_into(model, weights, run, f"the {cfg.category} model")
+    return run, cfg, model, step
 
 
 def evaluation_set(cfg: Config, keypointnet_root: str = "") -> ShapeSet:
@@ -140,8 +120,8 @@ def evaluation_set(cfg: Config, keypointnet_root: str = "") -> ShapeSet:
 def main(argv=None) -> dict:
     args = parse_config(EvalConfig, None, argv, default_preset=None)
     run, cfg, model, step = load_run(args.run, args.out_dir)
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available()
-                          else "cpu")
+    cfg = dataclasses.replace(cfg, data=args.data or cfg.data)
+    device = args.torch_device()
     model.to(device)
     shapes = evaluation_set(cfg, args.keypointnet)
     batch = args.batch_size or cfg.batch_size

@@ -35,12 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.bench import ResultsConfig, copy_tables_to_readme, results_dir, write_table
+from shared.bench import ResultsConfig, publish, results_dir, write_table
 from shared.train import entry_point, parse_config
 from shared.train.cli import REPO_ROOT
+from shared.train.plot import pyplot, save_figure
 
 RESULTS = Path(__file__).resolve().parent / "results"
-README = Path(__file__).resolve().parent / "README.md"
 
 # (category, paper mIoU@0.1 of SM, paper DAS of SM) - quoted, see the module docstring
 PAPER = {"airplane": (79.4, 77.8), "chair": (68.4, 76.8), "car": (63.2, 79.5)}
@@ -183,13 +183,10 @@ def run_table(results) -> list[dict]:
 
 
 def plots(results, cfg, out: Path) -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from shared.pointcloud.render import render_grid
     from .metrics import THRESHOLDS
     from .train import skeleton_item
+    plt = pyplot()
 
     paths = []
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -220,11 +217,7 @@ def plots(results, cfg, out: Path) -> list[Path]:
     axes[0].legend()
     axes[2].legend(fontsize=7, ncol=2)
     fig.suptitle("Skeleton Merger, scaled down: procedural shapes, tiny preset", fontsize=10)
-    fig.tight_layout()
-    for name in ("robustness.png",):
-        fig.savefig(out / name, dpi=100)
-        paths.append(out / name)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "robustness.png"))
     items = []
     for cat in cfg.categories:
         r = next(r for r in results if r["category"] == cat)
@@ -314,9 +307,7 @@ def main(argv=None) -> dict:
     paths += write_table(out / "runs", run_table(results + long_runs),
                          "Every run of the reproduction", notes=notes)
     paths = list(paths) + plots(results, cfg, out)
-    if not cfg.smoke and not cfg.out:
-        copy_tables_to_readme(README, RESULTS)
-    print("wrote " + ", ".join(str(p) for p in paths))
+    publish(cfg, RESULTS, paths)
     return {"keypointnet": keypoint_table(results, cfg), "runs": results, "wall": wall}
 
 

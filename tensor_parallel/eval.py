@@ -32,6 +32,9 @@ from .train import PAPER, evaluate_loss, load_weights, read_run
 @dataclass
 class EvalConfig(BaseEvalConfig):
     """``--mode`` "" = the run's mode (any mode reads any checkpoint)."""
+    MODES = Config.MODES
+    timeout: float = 600.0
+    """seconds a collective may wait before the job stops"""
     depth: int = 0
     """2.5D depth; 0 = the run's"""
     split: str = "val"

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from shared.bench import ResultsConfig, copy_tables_to_readme, results_dir, write_table
+from shared.train.plot import pyplot, save_figure
+from shared.bench import ResultsConfig, publish, results_dir, write_table
 from shared.train import entry_point, parse_config, read_metrics
 from shared.train.cli import REPO_ROOT
 
@@ -69,7 +70,6 @@ class ReproConfig(ResultsConfig):
     """false: only the parameter tables (no training)"""
 
 
-README = Path(__file__).resolve().parent / "README.md"
 
 
 def count(name: str) -> int:
@@ -159,9 +159,7 @@ def _std(x: torch.Tensor) -> float:
 
 def plot_curves(curves: dict, path: Path, title: str) -> Path:
     """Validation top-1 vs epoch, mean over the seeds with a +-1 std band, one line per arm."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, runs in curves.items():
@@ -177,10 +175,7 @@ def plot_curves(curves: dict, path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 @entry_point
@@ -208,9 +203,7 @@ def main(argv=None):
         print(f"  {row['comparison']}: paper {row['paper ratio']}, ours "
               f"{row['ours (floor M, as the paper)']} (exact {row['ours (exact counts)']})")
     if not cfg.train:
-        if not cfg.smoke and not cfg.out:
-            copy_tables_to_readme(README, RESULTS)
-        print("wrote " + ", ".join(str(p) for p in paths))
+        publish(cfg, RESULTS, paths)
         return rows, ratios, []
     tiny_rows, curves = scaled_down(cfg, out)
     t = Config(**PRESETS["tiny"])
@@ -243,9 +236,7 @@ def main(argv=None):
                                 f"accuracy vs epoch in {stem}.png"])
     paths += (plot_curves(curves, out / f"{stem}.png",
                           "val top-1 vs epoch (mean +- std over seeds)"),)
-    if not cfg.smoke and not cfg.out:
-        copy_tables_to_readme(README, RESULTS)
-    print("wrote " + ", ".join(str(p) for p in paths))
+    publish(cfg, RESULTS, paths)
     return rows, ratios, tiny_rows
 
 

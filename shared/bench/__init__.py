@@ -4,7 +4,8 @@ measure: Timer, time_fn, PeakMemory, SavedTensorBytes, hardware_info
 tables: ResultsConfig, results_dir, write_table, print_rows, copy_tables_to_readme
 """
 from .measure import PeakMemory, SavedTensorBytes, Timer, hardware_info, time_fn
-from .tables import ResultsConfig, copy_tables_to_readme, print_rows, results_dir, write_table
+from .tables import (ResultsConfig, begin, copy_tables_to_readme, print_rows, publish, results_dir,
+                     write_table)
 
-__all__ = ["PeakMemory", "SavedTensorBytes", "Timer", "hardware_info", "time_fn",
+__all__ = ["begin", "publish", "PeakMemory", "SavedTensorBytes", "Timer", "hardware_info", "time_fn",
            "ResultsConfig", "copy_tables_to_readme", "print_rows", "results_dir", "write_table"]

@@ -35,6 +35,34 @@ def results_dir(results, out: str = "", smoke: bool = False) -> Path:
     return results
 
 
+def begin(cfg, results) -> Path:
+    """The start of every ``bench.py``: torch's CPU threads from ``--threads`` (when the config
+    has it and it is positive), ``--repeat 1`` under ``--smoke`` (when the config has it), and the
+    folder the tables go to (:func:`results_dir`)."""
+    import torch
+
+    if getattr(cfg, "threads", 0) > 0:
+        torch.set_num_threads(cfg.threads)
+    if cfg.smoke and hasattr(cfg, "repeat"):
+        cfg.repeat = 1
+    return results_dir(results, cfg.out, cfg.smoke)
+
+
+def publish(cfg, results, paths, readme: bool = True) -> None:
+    """The end of every ``reproduce.py`` and ``bench.py``: a full run into the paper's ``results``
+    folder (``cfg`` a :class:`ResultsConfig` without ``--smoke`` or ``--out``) copies the tables
+    into the paper's README beside that folder (a table that the other script has not written yet
+    leaves the README as it is, with a note); then it says which files it wrote."""
+    if readme and not cfg.smoke and not cfg.out:
+        path = Path(results).parent / "README.md"
+        try:
+            copy_tables_to_readme(path, results)
+        except FileNotFoundError as exc:
+            print(f"{path} not updated yet: {exc}")
+    if paths:
+        print("wrote " + ", ".join(str(p) for p in paths))
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         if v != v:

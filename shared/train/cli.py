@@ -61,9 +61,12 @@ def _strip(argv: list[str], drop: set[str]) -> list[str]:
 def parse_args(cls, presets: dict, argv, paper: str):
     """The run's config (see the module docstring). ``argv`` None = ``sys.argv[1:]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse_config(cls, presets, argv)
+    if "resume" not in _given_keys(argv):
+        return parse_config(cls, presets, argv)
+    # with --resume the flags change the run's saved config, not a preset's: check them there
+    cfg = parse_config(cls, presets, argv, check=False)
     if not getattr(cfg, "resume", ""):
-        return cfg
+        return parse_config(cls, presets, argv)
     run_path = resolve_run(runs_root(cfg, paper), cfg.resume)
     saved = load_config(cls, run_path / "config.json")
     given = set(_given_keys(argv)) - {"preset", "resume"}

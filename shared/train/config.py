@@ -128,7 +128,8 @@ def help_text(cls, presets: dict | None = None) -> str:
 
 
 def parse_config(cls, presets: dict | None = None, argv: list[str] | None = None,
-                 default_preset: str | None = "tiny", extra: dict | None = None):
+                 default_preset: str | None = "tiny", extra: dict | None = None,
+                 check: bool = True):
     """Build ``cls`` from defaults, then a preset, then ``--key value`` overrides.
 
     Args:
@@ -140,17 +141,19 @@ def parse_config(cls, presets: dict | None = None, argv: list[str] | None = None
             is raised instead.
         default_preset: preset used when ``--preset`` is not given (if it exists).
         extra: overrides applied after the preset and before the command line.
+        check: call the config's ``validate()`` (off where the values are not final yet, e.g.
+            the flags given with ``--resume`` before the run's own config is read).
     """
     if argv is None:
         try:
-            return _parse(cls, presets, sys.argv[1:], default_preset, extra)
+            return _parse(cls, presets, sys.argv[1:], default_preset, extra, check)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
-    return _parse(cls, presets, argv, default_preset, extra)
+    return _parse(cls, presets, argv, default_preset, extra, check)
 
 
-def _parse(cls, presets, argv, default_preset, extra):
+def _parse(cls, presets, argv, default_preset, extra, check=True):
     argv = [w for w in argv if w != "--"]     # torchrun ... -m paper.train -- --key value
     presets = presets or {}
     fields = config_fields(cls)
@@ -205,7 +208,7 @@ def _parse(cls, presets, argv, default_preset, extra):
     if "preset" in fields and preset is not None:
         cfg = dataclasses.replace(cfg, preset=preset)
     validate = getattr(cfg, "validate", None)
-    if callable(validate):
+    if check and callable(validate):
         validate()
     return cfg
 
@@ -345,19 +348,53 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Flags shared by every paper's ``eval.py`` (a paper subclasses it to add its own)."""
+    """Flags shared by every paper's ``eval.py`` (a paper subclasses it to add its own, sets
+    ``MODES`` to its modes and extends :meth:`validate`)."""
+    MODES: ClassVar[tuple[str, ...]] = ()
+    """the paper's modes; () = the paper has none and ``--mode`` is refused"""
     run: str = ""
-    """run directory, or a run name under ``--out_dir``; "" = the newest run"""
+    """run directory, or a run name under ``--out_dir``; "" = the newest run with a checkpoint
+    (of ``--mode``, when given)"""
     out_dir: str = ""
     """root of the run directories; "" = <repo>/runs/<paper>"""
     mode: str = ""
-    """"" = the run's mode"""
+    """without --run: the newest run of this mode; with --run: the run must be of this mode"""
     data: str = ""
     """dataset path; "" = the one the run was trained on"""
+    batch_size: int = 0
+    """evaluation batch; 0 = the run's"""
     device: str = "auto"
-    timeout: float = 600.0
+    """auto (CUDA when present) | cpu | cuda"""
     threads: int = 0
+    """CPU threads; 0 = torch's default"""
     debug: bool = False
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on a value that cannot work (one line, with the fix)."""
+        if self.mode and self.mode not in self.MODES:
+            paper = type(self).__module__.split(".")[0]
+            paper = "this paper" if paper in ("shared", "__main__") else paper
+            choose = (f"choose one of: {', '.join(self.MODES)}" if self.MODES
+                      else f"{paper} has no modes; drop --mode")
+            raise ConfigError(f"--mode {self.mode!r} is not a mode of {paper}; {choose}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device {self.device!r}: choose auto, cpu or cuda")
+        for name in ("batch_size", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0 (0 = the default); got "
+                                  f"{getattr(self, name)}")
+
+    def torch_device(self):
+        """The evaluation device (``auto``: CUDA when present), after setting ``--threads``; a
+        clear error for ``--device cuda`` without CUDA."""
+        import torch
+
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device cuda, but CUDA is not available on this machine; use "
+                             "--device cpu or auto")
+        return torch.device("cuda" if self.device != "cpu" and torch.cuda.is_available() else "cpu")
 
 
 def with_defaults(base, **defaults):

@@ -44,9 +44,15 @@ def plot_metrics(rows: list[dict], out, keys=None, title: str | None = None) -> 
         ax.axis("off")
     if title:
         fig.suptitle(title)
+    return save_figure(fig, out)
+
+
+def save_figure(fig, path, dpi: int = 100) -> Path:
+    """Lay out ``fig``, write it to ``path`` (folders made as needed) and close it."""
+    plt = pyplot()
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
-    return out
+    return path

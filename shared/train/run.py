@@ -237,23 +237,36 @@ def _checkpoint_mtime(run_dir: Path) -> float | None:
     return max(f.stat().st_mtime for f in files) if files else None
 
 
-def latest_run(root) -> Path:
-    """The run directory under ``root`` (e.g. ``runs/<paper>``) whose checkpoint (of any mode)
-    is the newest; a clear error when there is none."""
+def run_mode(run_dir) -> str:
+    """The ``mode`` a run was trained with (from its config.json; "" when it has none)."""
+    path = Path(run_dir) / "config.json"
+    try:
+        return str(json.loads(path.read_text()).get("mode", "")) if path.is_file() else ""
+    except (OSError, ValueError):
+        return ""
+
+
+def latest_run(root, mode: str = "") -> Path:
+    """The run directory under ``root`` (e.g. ``runs/<paper>``) whose checkpoint is the newest,
+    among the runs trained with ``--mode mode`` when ``mode`` is given; a clear error when there
+    is none."""
     root = Path(root)
     found = [(t, d) for d in (root.iterdir() if root.is_dir() else ()) if d.is_dir()
-             for t in [_checkpoint_mtime(d)] if t is not None]
+             for t in [_checkpoint_mtime(d)] if t is not None and (not mode or run_mode(d) == mode)]
     if not found:
-        raise UsageError(f"no run with a checkpoint under {root}; train one first "
-                         f"(make train-{root.name}) or pass --run PATH")
+        of_mode = f" of --mode {mode}" if mode else ""
+        make_mode = f" MODE={mode}" if mode else ""
+        raise UsageError(f"no run{of_mode} with a checkpoint under {root}; train one first "
+                         f"(make train-{root.name}{make_mode}) or pass --run PATH")
     return max(found, key=lambda x: x[0])[1]
 
 
-def resolve_run(root, arg: str) -> Path:
+def resolve_run(root, arg: str, mode: str = "") -> Path:
     """A ``--run``/``--resume`` argument as a run directory: a path, or a name under ``root``;
-    ``""`` = the newest run under ``root``. The directory must hold a checkpoint."""
+    ``""`` = the newest run under ``root`` (of ``mode``, when given). The directory must hold a
+    checkpoint, and a named run given with ``mode`` must have been trained in that mode."""
     if not arg:
-        return latest_run(root)
+        return latest_run(root, mode)
     path = Path(arg)
     if not path.exists() and (Path(root) / arg).exists():
         path = Path(root) / arg
@@ -265,6 +278,9 @@ def resolve_run(root, arg: str) -> Path:
     if not checkpoint_files(path):
         raise UsageError(f"run {path} has no checkpoint (checkpoint.pt or checkpoint-rank*.pt); "
                          f"it may have stopped before its first save")
+    if mode and run_mode(path) != mode:
+        raise UsageError(f"run {path} was trained with --mode {run_mode(path) or '(none)'}, not "
+                         f"{mode}; pass --run with a run of that mode, or drop --mode")
     return path
 
 

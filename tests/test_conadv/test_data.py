@@ -9,20 +9,12 @@ import pytest
 import torch
 
 from conadv.config import Config
-from conadv.data import DataError, augment_batch, build_data, make_generated, policy_transform
-
-
-def test_generated_is_deterministic_and_balanced():
-    a, la = make_generated(300, 10, 16, seed=3, split_seed=1)
-    b, lb = make_generated(300, 10, 16, seed=3, split_seed=1)
-    c, _ = make_generated(300, 10, 16, seed=3, split_seed=2)
-    assert a.dtype == torch.uint8 and a.shape == (300, 3, 16, 16)
-    assert torch.equal(a, b) and torch.equal(la, lb) and not torch.equal(a, c)
-    assert torch.bincount(la, minlength=10).min() > 10
+from conadv.data import DataError, augment_batch, build_data, policy_transform
+from shared.data.images import generated_images
 
 
 def test_a_steps_augmented_batch_depends_only_on_seed_step_and_position():
-    images = make_generated(16, 10, 16, seed=0)[0]
+    images = generated_images(16, 10, 16, seed=0)[0]
     for policy in (None, policy_transform("autoaugment", "generated")):
         whole = augment_batch(images, seed=5, step=7, offset=0, global_batch=16, policy=policy)
         halves = torch.cat([augment_batch(images[:8], 5, 7, 0, 16, policy),

@@ -44,6 +44,16 @@ def test_stop_at_then_resume_alone_restores_the_config_and_the_losses(tmp_path):
     assert split == whole                                        # bit-identical losses
 
 
+def test_resume_checks_its_flags_against_the_run_not_the_preset(tmp_path, monkeypatch):
+    # the default preset warms up 4 steps; the run was made with none. "--resume r --steps 3"
+    # is valid for the run, though not for the preset (warm-up must stay below the steps)
+    monkeypatch.setitem(toy_paper.PRESETS, "tiny", {"warmup_steps": 4})
+    toy_paper.main(["--out_dir", str(tmp_path), "--run", "r", "--steps", "6", "--warmup_steps",
+                    "0", "--stop_at", "1", "--quiet"])
+    summary = toy_paper.main(["--resume", str(tmp_path / "r"), "--steps", "3", "--quiet"])
+    assert summary["step"] == 3
+
+
 def test_a_reused_run_name_is_refused_and_the_old_run_is_untouched(tmp_path, capsys):
     toy_paper.main(["--out_dir", str(tmp_path), "--run", "r", "--steps", "3", "--quiet"])
     before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()}

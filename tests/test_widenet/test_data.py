@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from widenet.config import PRESETS, Config
-from widenet.data import (CIFAR_TEST, CIFAR_TRAIN, DataError, build_datasets, make_generated)
+from widenet.data import CIFAR_TEST, CIFAR_TRAIN, DataError, build_datasets
 
 
 def _cfg(**kw):
@@ -87,11 +87,3 @@ def test_missing_data_errors(tmp_path):
         build_datasets(_cfg(data=str(tmp_path / "inet")))
 
 
-def test_generated_data_is_deterministic_and_shares_templates_across_splits():
-    a, la = make_generated(64, seed=3, split_seed=1)
-    b, lb = make_generated(64, seed=3, split_seed=1)
-    assert torch.equal(a, b) and torch.equal(la, lb)
-    c, _ = make_generated(64, seed=3, split_seed=2)
-    assert not torch.equal(a, c)
-    assert a.dtype == torch.uint8 and a.shape == (64, 3, 32, 32)
-    assert set(la.tolist()) == set(range(10))

@@ -190,18 +190,25 @@ def test_expert_mode_on_two_ranks_matches_one_process_and_eval_finds_it(tmp_path
     assert max((rep0[k] - rep1[k]).abs().max().item() for k in rep0) == 0.0
     # each rank holds 2 of the 4 experts; together they are the single process's weights
     assert len(w0) == len(w1) == len(rep0) + 4 * 2 and set(w0) | set(w1) == set(single_weights)
+    # fp32 drift after 60 LAMB steps differs by CPU kernel (one weight of 16384 reached 2.7e-5 on
+    # one machine): bound each tensor's relative error norm; a wrong or swapped expert is O(1)
     for name, ref in single_weights.items():
-        torch.testing.assert_close((w0 if name in w0 else w1)[name], ref, rtol=1e-3, atol=2e-5)
+        got = (w0 if name in w0 else w1)[name]
+        assert ((got - ref).norm() / ref.norm()).item() < 1e-4, name
     # the logged loss and gradient norm are the global ones: equal to one process's. fp32 means
     # of two half batches averaged vs one mean of the whole batch differ by ~1e-7 relative; over
     # 60 LAMB steps this grows to ~1e-5 (measured 8e-6 for the gradient norm): rel 1e-4
     one, two = read_metrics(tmp_path / "single" / "metrics.jsonl"), read_metrics(
         tmp_path / "expert" / "metrics.jsonl")
     assert [r["step"] for r in one] == [r["step"] for r in two] and len(one) == 62
+    # The gradient norm is more sensitive: on another CPU's kernels it drifted to 8e-4 relative
+    # at step 45 while the loss stayed within 1e-5 (a top-2 routing decision near a tie can
+    # flip); a gradient that is not the global one is off by O(1)
     for a, b in zip(one, two):
         for key in ("loss", "ce", "grad_norm", "val_loss", "val_acc", "lr"):
             if key in a:
-                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (key, a, b)
+                rel = 3e-3 if key == "grad_norm" else 1e-4
+                assert b[key] == pytest.approx(a[key], rel=rel, abs=1e-6), (key, a, b)
     assert max(r["grad_norm"] for r in one if "grad_norm" in r) > 1.0     # clipping was active
     assert all(r.get("dropped", 0.0) == 0.0 for r in two)
     assert summary["val_acc"] == pytest.approx(single["val_acc"], abs=1 / 32 + 1e-9)
