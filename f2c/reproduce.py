@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.bench import ResultsConfig, publish, results_dir, write_table
-from shared.train import entry_point, parse_config, read_metrics
+from shared.train import (checkpoint_files, entry_point, load_checkpoint, parse_config,
+                          read_metrics)
 from shared.train.cli import REPO_ROOT
+from shared.errors import UsageError
 from shared.train.config import ConfigError
 
 from .config import PRESETS, Config
@@ -61,6 +63,9 @@ class ReproConfig(ResultsConfig):
     jobs: int = 2
     """runs at a time (subprocesses, one torch thread each); 0 = one after the other, in
     this process"""
+    resume: str = ""
+    """the run folder of an interrupted reproduction (runs/f2c/reproduce/<stamp>): its
+    finished runs are kept, the others trained again"""
 
     def validate(self) -> None:
         for m in self.methods.split(","):
@@ -90,20 +95,44 @@ def _train(cfg: ReproConfig, method: str, seed: int, long: bool, runs: Path) -> 
     """Train one run; returns its CPU seconds (user + system: the work itself, which other
     jobs on a shared machine do not inflate)."""
     argv = _argv(cfg, method, seed, long, runs)
+    run_dir = runs / run_name(method, seed, long)
+    if run_dir.exists():                        # left unfinished by an interrupted reproduction
+        if checkpoint_files(run_dir):
+            argv = ["--resume", str(run_dir), "--quiet"]
+        else:                                   # stopped before its first checkpoint: set aside
+            run_dir.rename(run_dir.with_name(f"{run_dir.name}.unfinished-"
+                                             f"{time.strftime('%Y%m%d-%H%M%S')}"))
     if cfg.jobs == 0:
         before = resource.getrusage(resource.RUSAGE_SELF)
         train_main(argv)
         after = resource.getrusage(resource.RUSAGE_SELF)
         return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     log = runs / f"{run_name(method, seed, long)}.log"
-    with open(log, "w") as f:
+    with open(log, "a") as f:
         proc = subprocess.Popen([sys.executable, "-m", "f2c.train", *argv], cwd=REPO_ROOT,
                                 stdout=f, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise RuntimeError(f"{method} seed {seed} failed (exit {proc.returncode}); see {log}")
-    return usage.ru_utime + usage.ru_stime
+    cpu = usage.ru_utime + usage.ru_stime
+    (runs / f"{run_name(method, seed, long)}.cpu").write_text(f"{cpu}\n")
+    return cpu
+
+
+def finished_cpu(run: Path) -> float | None:
+    """A finished run's CPU seconds (nan when they were not recorded), or None when the run
+    did not finish: no final checkpoint at its config's steps, or no evaluation."""
+    try:
+        steps = json.loads((run / "config.json").read_text())["steps"]
+        final = [load_checkpoint(f, map_location="cpu")["step"] for f in checkpoint_files(run)]
+        evals = [r for r in read_metrics(run / "metrics.jsonl") if "synth_acc" in r]
+    except (OSError, ValueError, KeyError, UsageError):
+        return None
+    if not final or min(final) < steps or not evals:
+        return None
+    cpu = run.parent / f"{run.name}.cpu"
+    return float(cpu.read_text()) if cpu.is_file() else float("nan")
 
 
 def collect(run: Path) -> dict:
@@ -141,15 +170,24 @@ def main(argv=None):
     seeds = [int(s) for s in cfg.seeds.split(",")]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs = (out / "runs" if cfg.out else REPO_ROOT / "runs" / "f2c" / "reproduce") / stamp
+    if cfg.resume:
+        runs = Path(cfg.resume)
+        if not runs.is_dir():
+            raise UsageError(f"--resume {runs}: no such folder; give runs/f2c/reproduce/<stamp>")
     runs.mkdir(parents=True, exist_ok=True)
     long_seeds = [int(s) for s in cfg.long_seeds.split(",") if s.strip()] \
         if cfg.long_steps else []
     jobs = [(m, s, True) for s in long_seeds for m in methods]        # longest first
     jobs += [(m, s, False) for s in seeds for m in methods]
     t0 = time.perf_counter()
+    cpu = {job: finished_cpu(runs / run_name(*job)) for job in jobs} if cfg.resume else {}
+    kept = [job for job in jobs if cpu.get(job) is not None]
+    if kept:
+        print(f"kept {len(kept)} finished runs of {runs}: "
+              f"{', '.join(run_name(*job) for job in kept)}", flush=True)
     with ThreadPoolExecutor(max(1, cfg.jobs)) as pool:
-        futures = {job: pool.submit(_train, cfg, *job, runs) for job in jobs}
-        cpu = {job: f.result() for job, f in futures.items()}
+        futures = {job: pool.submit(_train, cfg, *job, runs) for job in jobs if job not in kept}
+        cpu.update({job: f.result() for job, f in futures.items()})
     wall = time.perf_counter() - t0
     per_run, summary, long_rows = [], [], []
     every = {job: dict(collect(runs / run_name(*job)), cpu=cpu[job]) for job in jobs}
@@ -205,9 +243,12 @@ def main(argv=None):
              "different task and scale: compare the methods' order and gaps, not the values",
              "F2C's paper tables were not recovered (brief Sec. 4); insightface's Partial FC "
              "README also gives MS1MV2 r50 IJB-C TAR@FAR 1e-4 / 1e-5 = 95.97 / 94.07",
-             f"wall time of the whole reproduction: {wall:.0f} s, {max(cfg.jobs, 1)} run(s) at a "
-             f"time; CPU time of all runs: {sum(cpu.values()):.0f} s; train s per run: wall "
-             f"time of one run including its evaluations; CPU s: its user + system time"]
+             (f"wall time of the whole reproduction: {wall:.0f} s, " if not kept else
+              f"resumed: {len(kept)} finished runs kept from an interrupted reproduction (CPU s "
+              f"n/a where it was not recorded); wall time of the rest: {wall:.0f} s, ") +
+             f"{max(cfg.jobs, 1)} run(s) at a time; CPU time of the runs: "
+             f"{sum(v for v in cpu.values() if v == v):.0f} s; train s per run: wall time of "
+             f"one run including its evaluations; CPU s: its user + system time"]
     paths = write_table(out / "reproduce", summary,
                         "Scaled-down reproduction: F2C vs full FC vs Partial FC (mean ± std "
                         "over seeds)", seed=None, notes=notes)
