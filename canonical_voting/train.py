@@ -222,6 +222,7 @@ class Evaluator:
 
 class CanonicalVotingTask(Task):
     """The paper's model, data and step for :func:`shared.train.fit`."""
+    best = {"best_map25": "map25"}
     paper = "canonical_voting"
     unit = "scenes"
 
@@ -244,7 +245,6 @@ class CanonicalVotingTask(Task):
                                           weight_decay=cfg.weight_decay)
         self.evaluator = Evaluator(cfg, self.model, self.val_scenes, self.classes,
                                    dataset_classes, env.device, self.data_group)
-        self.best_map = 0.0
         seed_everything(cfg.seed + 1000 * env.rank)
 
     def grad_plans(self):
@@ -294,16 +294,7 @@ class CanonicalVotingTask(Task):
         return StepOutput(loss, metrics, items=self.cfg.batch_size)
 
     def evaluate(self) -> dict:
-        metrics = self.evaluator.evaluate()
-        self.best_map = max(self.best_map, metrics["map25"])
-        return dict(metrics, best_map25=self.best_map)
-
-    def state_dict(self) -> dict:
-        return dict(super().state_dict(), best_map=self.best_map)
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.best_map = state["best_map"]
+        return self.evaluator.evaluate()
 
     def describe(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())

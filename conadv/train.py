@@ -99,6 +99,7 @@ def evaluate(model, data, batch_size: int, device, group=None, ranks=(0,), world
 
 class ConAdvTask(Task):
     """The paper's model, data and step for :func:`shared.train.fit`."""
+    best = {"best_acc": "val_acc"}
     paper = "conadv"
     unit = "img"
 
@@ -121,7 +122,6 @@ class ConAdvTask(Task):
         # each rank checkpoints its own running statistics (and ConAdv queue)
         self.checkpoint_per_rank = world > 1
         self.rank, self.world = rank, world
-        self.best_acc = 0.0
 
     def grad_plans(self):
         return grad_plans(self.model, self.data_group)
@@ -212,17 +212,15 @@ class ConAdvTask(Task):
     def evaluate(self) -> dict:
         metrics = evaluate(self.model, self.data, self.micro, self.env.device, self.data_group,
                            ranks=(self.rank,), world=self.world)
-        self.best_acc = max(self.best_acc, metrics["val_acc"])
-        return dict(metrics, best_acc=self.best_acc)
+        return metrics
 
     def state_dict(self) -> dict:
         self.collect()               # the attack in flight belongs to the checkpoint's queue
-        return dict(super().state_dict(), queue=self.queue.state_dict(), best_acc=self.best_acc)
+        return dict(super().state_dict(), queue=self.queue.state_dict())
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.queue.load_state_dict(state["queue"], self.env.device)
-        self.best_acc = state["best_acc"]
 
     def describe(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())

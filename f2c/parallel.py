@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from shared.parallel.comm import raw_all_gather, raw_broadcast
-from shared.parallel.plan import apply_plan
+from shared.parallel.plan import apply_plan, swap
 from shared.parallel.topology import Group
 from shared.train.gradients import GradSync, NormPart
 
@@ -36,13 +36,8 @@ HEAD = "head"
 def shard_classifier(group: Group, device=None):
     """The style that replaces a ``MarginFC`` / ``PartialFC`` (may live on the meta device) by
     this rank's shard of it."""
-    def style(name: str, module: nn.Module) -> nn.Module:
-        if isinstance(module, PartialFC):
-            return ShardedPartialFC(module, group, device)
-        if isinstance(module, MarginFC):
-            return ShardedMarginFC(module, group, device)
-        raise TypeError(f"{name} is a {type(module).__name__}, not a MarginFC or PartialFC")
-    return style
+    return swap({PartialFC: lambda m: ShardedPartialFC(m, group, device),
+                 MarginFC: lambda m: ShardedMarginFC(m, group, device)})
 
 
 def classifier_plan(group: Group, device=None) -> dict:

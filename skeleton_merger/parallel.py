@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from shared.parallel.comm import raw_all_reduce, raw_broadcast
-from shared.parallel.plan import apply_plan
+from shared.parallel.plan import apply_plan, swap
 from shared.parallel.topology import Group
 from shared.train.gradients import replicated_plan
 
@@ -52,11 +52,7 @@ class DataParallelDecoder(SkeletonDecoder):
 
 def data_parallel_decoder(group: Group):
     """The style that makes a :class:`SkeletonDecoder` count its samples over ``group``."""
-    def style(name: str, module: nn.Module) -> nn.Module:
-        if not isinstance(module, SkeletonDecoder):
-            raise TypeError(f"{name} is a {type(module).__name__}, not a SkeletonDecoder")
-        return DataParallelDecoder(module, group)
-    return style
+    return swap({SkeletonDecoder: lambda m: DataParallelDecoder(m, group)})
 
 
 def plan(group: Group) -> dict:

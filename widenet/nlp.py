@@ -180,6 +180,7 @@ def _vocab(cfg) -> int:
 class TextTask(Task):
     """ALBERT/WideNet-NLP pre-training (``stage="pretrain"``: MLM + SOP) or fine-tuning
     (``stage="finetune"``: [CLS] pooled classification), data parallel."""
+    best = {"best_acc": "val_acc"}
     paper = "widenet"
     unit = "seq"
 
@@ -215,7 +216,6 @@ class TextTask(Task):
         self.n_params = encoder_parameters(self.model)
         seed_everything(cfg.seed + 1000 * env.rank)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.best_acc = 0.0
 
     def batches(self, start_step: int):
         cfg, env, dev = self.cfg, self.env, self.env.device
@@ -278,18 +278,7 @@ class TextTask(Task):
                 total += len(pred)
             key = "val_acc"
         self.model.train(was)
-        acc = correct / max(total, 1)
-        if key == "val_acc":
-            self.best_acc = max(self.best_acc, acc)
-            return {key: acc, "best_acc": self.best_acc}
-        return {key: acc}
-
-    def state_dict(self) -> dict:
-        return dict(super().state_dict(), best_acc=self.best_acc)
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.best_acc = state["best_acc"]
+        return {key: correct / max(total, 1)}
 
     def describe(self) -> str:
         return (f"{self.cfg.model} ({self.stage}): {self.n_params / 1e6:.3f}M encoder "

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from shared.parallel.comm import all_to_all
-from shared.parallel.plan import apply_plan
+from shared.parallel.plan import apply_plan, swap
 from shared.parallel.topology import Group, TopologyError
 from shared.train.gradients import GradSync, NormPart
 
@@ -79,11 +79,7 @@ class ShardedExperts(Experts):
 
 def expert_parallel(group: Group):
     """The style that shards an :class:`Experts` module over ``group``."""
-    def style(name: str, module: nn.Module) -> nn.Module:
-        if not isinstance(module, Experts):
-            raise TypeError(f"{name} is a {type(module).__name__}, not the Experts of an MoE")
-        return ShardedExperts(module, group)
-    return style
+    return swap({Experts: lambda m: ShardedExperts(m, group)})
 
 
 def expert_plan(group: Group) -> dict:

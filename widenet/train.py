@@ -155,6 +155,7 @@ def _sizes(groups) -> int:
 
 class WideNetTask(Task):
     """The paper's model, data and step for :func:`shared.train.fit`."""
+    best = {"best_acc": "val_acc"}
     paper = "widenet"
     unit = "img"
 
@@ -202,7 +203,6 @@ class WideNetTask(Task):
         self.optimizer = build_optimizer(model, cfg)
         self.mix = build_mixup(cfg, self.num_classes)
         self.loss_fn = SoftTargetCrossEntropy()
-        self.best_acc = 0.0
 
     # ---- the parallel plans (widenet.parallel)
     def grad_plans(self):
@@ -241,17 +241,7 @@ class WideNetTask(Task):
         metrics = evaluate(self.model, self.val_set, self.cfg.batch_size, self.env.device,
                            groups=self.metric_groups(), rank=self.env.rank,
                            world=self.env.world_size, workers=self.cfg.workers)
-        self.best_acc = max(self.best_acc, metrics["val_acc"])
-        return dict(metrics, best_acc=self.best_acc)
-
-    # ---- checkpoint content: the model under the serial names (an expert-parallel rank holds
-    # its experts only), the optimizer, the best accuracy so far
-    def state_dict(self) -> dict:
-        return dict(super().state_dict(), best_acc=self.best_acc)
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.best_acc = state["best_acc"]
+        return metrics
 
     def describe(self) -> str:
         return (f"{self.cfg.model}: {self.n_params / 1e6:.3f}M parameters, "

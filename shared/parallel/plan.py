@@ -30,6 +30,19 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, module)
 
 
+def swap(wrappers: dict) -> callable:
+    """The style that replaces a module by ``wrappers[its type](module)``: ``{type: make}``,
+    tried in order (a subclass before its base); a module of another type is a TypeError that
+    names it, so a plan pattern that matches the wrong layer fails loudly."""
+    def style(name: str, module: nn.Module) -> nn.Module:
+        for kind, make in wrappers.items():
+            if isinstance(module, kind):
+                return make(module)
+        kinds = " or ".join(k.__name__ for k in wrappers)
+        raise TypeError(f"{name} is a {type(module).__name__}, not a {kinds}")
+    return style
+
+
 def apply_plan(model: nn.Module, plan: dict, strict: bool = True) -> nn.Module:
     """Replace every submodule matched by a pattern of ``plan`` with ``style(name, module)``.
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -69,6 +70,10 @@ class Task:
     unit: str = "items"
     checkpoint_per_rank: bool = False
     """True when ranks hold different state (expert or tensor shards saved as they are)"""
+
+    best: dict[str, str] = {}
+    """``{reported key: evaluation metric}``: the core reports, beside each evaluation, the best
+    value so far of each such metric (higher is better), kept in the checkpoint across resume"""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -218,6 +223,16 @@ def fit(cfg, task: Task) -> dict:
 
     # batches first: creating an iterator may draw from the RNG that the checkpoint restores
     batches = task.batches(start)
+    best = dict(state.get("best", {})) if state is not None else {}
+
+    def evaluate() -> dict:
+        metrics = task.evaluate()
+        for key, source in task.best.items():
+            if source in metrics:
+                best[key] = max(best.get(key, -math.inf), metrics[source])
+                metrics[key] = best[key]
+        return metrics
+
     if state is not None:
         task.load_state_dict(state["task"])
         if state.get("shards"):
@@ -256,7 +271,7 @@ def fit(cfg, task: Task) -> dict:
 
     def save(step: int) -> None:
         content = {"paper": task.paper, "step": step, "task": task.state_dict(),
-                   "config": dataclasses.asdict(cfg), "world_size": world.size}
+                   "config": dataclasses.asdict(cfg), "world_size": world.size, "best": dict(best)}
         sharded = task.sharded_state_dict()
         if sharded is not None:
             content["shards"] = save_sharded(sharded, run.path, step, world, device)
@@ -305,7 +320,7 @@ def fit(cfg, task: Task) -> dict:
             if step % cfg.log_every == 0 or step == last:
                 run.log(step, **metrics)
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                eval_metrics = task.evaluate()
+                eval_metrics = evaluate()
                 task.model.train()
                 if eval_metrics:
                     run.log(step, **eval_metrics)
@@ -321,7 +336,7 @@ def fit(cfg, task: Task) -> dict:
     if summary["stopped"] is None and saved_at != step:
         save(step)
     if not eval_metrics and step == cfg.steps:
-        eval_metrics = task.evaluate()
+        eval_metrics = evaluate()
     run.plot()
     run.close()
     summary.update(step=step, steps=cfg.steps, seconds=seconds, run_dir=str(run.path),

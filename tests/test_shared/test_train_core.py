@@ -54,6 +54,17 @@ def test_resume_checks_its_flags_against_the_run_not_the_preset(tmp_path, monkey
     assert summary["step"] == 3
 
 
+def test_the_best_evaluation_so_far_survives_a_resume(tmp_path):
+    args = ["--out_dir", str(tmp_path), "--steps", "12", "--eval_every", "3", "--quiet"]
+    toy_paper.main(args + ["--run", "r", "--stop_at", "6"])
+    toy_paper.main(["--resume", str(tmp_path / "r"), "--quiet"])
+    rows = [r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "val_loss" in r]
+    assert [r["step"] for r in rows] == [3, 6, 9, 12]
+    losses = [r["val_loss"] for r in rows]
+    assert losses[0] > losses[2]                           # falling: the first stays the max
+    assert [r["max_val_loss"] for r in rows] == [max(losses[:i + 1]) for i in range(4)]
+
+
 def test_a_reused_run_name_is_refused_and_the_old_run_is_untouched(tmp_path, capsys):
     toy_paper.main(["--out_dir", str(tmp_path), "--run", "r", "--steps", "3", "--quiet"])
     before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file()}

@@ -37,6 +37,7 @@ PRESETS = {"tiny": {}}
 class ToyTask(Task):
     paper = "toy"
     unit = "rows"
+    best = {"max_val_loss": "val_loss"}     # the core's best-so-far, here of a falling metric
 
     def __init__(self, cfg: Config, env):
         self.cfg, self.env = cfg, env
