@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.bench import (PeakMemory, ResultsConfig, SavedTensorBytes, Timer, copy_tables_to_readme,
-                          results_dir, write_table)
+from shared.bench import (PeakMemory, ResultsConfig, SavedTensorBytes, Timer, begin, publish,
+                          write_table)
 from shared.train import entry_point, parse_config
 from shared.parallel.comm import CommMeter
 from shared.parallel.dist import barrier, spawn
@@ -194,7 +194,7 @@ def a2a_rows(n: int, p: dict, per_rank: list, budget):
 def main(argv=None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_config(ResultsConfig, None, argv, default_preset=None)
-    args.out = str(results_dir(RESULTS, args.out, args.smoke))
+    out = begin(args, RESULTS)
     p = SMOKE if args.smoke else FULL
     rows, balance, a2a = [], [], []
     budget = None
@@ -218,8 +218,8 @@ def main(argv=None) -> list[dict]:
                          "peak MB/rank (RSS growth)": w["peak"] / 2 ** 20,
                          "sent MB/rank": w["sent"] / 2 ** 20})
         print(f"  benchmarked N={n}", flush=True)
-    stem = Path(args.out) / ("smoke_bench" if args.smoke else "bench")
-    _, md = write_table(
+    stem = out / ("smoke_bench" if args.smoke else "bench")
+    paths = write_table(
         stem, rows, "Ring attention: overlap and the memory-lean mode (one forward + backward)",
         seed=0, notes=[f"per rank: q, k, v [B={p['batch']}, Z={p['heads']}, L/N, "
                        f"A={p['head_dim']}] "
@@ -233,7 +233,7 @@ def main(argv=None) -> list[dict]:
                        "sends it)",
                        "gloo on a shared 2-core CPU: compute and communication share the cores"])
     prefix = "smoke_" if args.smoke else ""
-    write_table(Path(args.out) / f"{prefix}balance", balance,
+    paths += write_table(out / f"{prefix}balance", balance,
                 "Causal ring attention: load balance over the ranks (one forward + backward)",
                 seed=0, notes=[f"per rank q, k, v [B={p['batch']}, Z={p['heads']}, L/N, "
                                f"A={p['head_dim']}], L={p['length']}, causal, no padding",
@@ -242,7 +242,7 @@ def main(argv=None) -> list[dict]:
                                f"of {p['repeat']}",
                                "max/mean over the ranks: 1 = perfectly balanced; the step "
                                "waits for the slowest rank"])
-    write_table(Path(args.out) / f"{prefix}rsa_vs_a2a", a2a,
+    paths += write_table(out / f"{prefix}rsa_vs_a2a", a2a,
                 "Ring attention (RSA, lean) vs all-to-all over heads (DeepSpeed-Ulysses)",
                 seed=0, notes=[f"per rank q, k, v [B={p['batch']}, Z={p['heads']}, L/N, "
                                f"A={p['head_dim']}], L={p['length']}, one forward + backward "
@@ -257,9 +257,8 @@ def main(argv=None) -> list[dict]:
                                f"at N={p['sizes'][0]}, L={p['length']}",
                                "gloo on a shared 2-core CPU: times compare like with like only "
                                "within this run"])
-    if not args.smoke and Path(args.out).resolve() == RESULTS:
-        copy_tables_to_readme(RESULTS.parent / "README.md", RESULTS)
-    print(md.read_text())
+    print(paths[1].read_text())
+    publish(args, RESULTS, paths)
     return {"bench": rows, "balance": balance, "rsa_vs_a2a": a2a}
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.bench import ResultsConfig, copy_tables_to_readme, results_dir, write_table
+from shared.bench import ResultsConfig, begin, publish, write_table
 from shared.train import entry_point, parse_config
 from shared.parallel.dist import spawn
 from shared.parallel.topology import build_topology
@@ -39,7 +39,6 @@ from .memory import build, measure_step
 from .models.bert import BertConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
-README = Path(__file__).resolve().parent / "README.md"
 SIZES = (1, 2, 4)
 PAPER_SRC = "paper: arXiv 2105.13120 (ACL 2023), via shared/papers/seqpar.md"
 
@@ -268,9 +267,8 @@ def formula_table() -> list[dict]:
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_config(ResultsConfig, None, argv, default_preset=None)
-    args.out = str(results_dir(RESULTS, args.out, args.smoke))
+    out = begin(args, RESULTS)
     s = SMOKE if args.smoke else FULL
-    out = Path(args.out)
     stem = "smoke_" if args.smoke else ""
     print(f"seqpar reproduce: BERT {asdict(s.bert)}; N = {SIZES}", flush=True)
     res = run_measurements(s)
@@ -312,10 +310,9 @@ def main(argv=None) -> dict:
                "max seq at batch 64 within 16 GB of 2-byte elements over 12 layers",
                "TP needs the 12 heads divisible by N; SP needs L divisible by N",
                "last row: the paper's measured ratios (13.7x batch, about 3x sequence)"])
-    if not args.smoke and out.resolve() == RESULTS:
-        copy_tables_to_readme(README, RESULTS)
     for _, md in paths.values():
         print(md.read_text())
+    publish(args, RESULTS, [p for pair in paths.values() for p in pair])
     return {"memory": mem_rows, "paths": paths}
 
 
