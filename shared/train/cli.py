@@ -20,7 +20,7 @@ import torch
 
 from ..errors import UsageError
 from ..parallel.dist import describe_failure, init_distributed
-from .config import ConfigError, load_config, parse_config
+from .config import ConfigError, load_config, parse_config, require_device
 from .run import resolve_run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -90,9 +90,7 @@ def start(cfg):
     if threads and threads > 0:
         torch.set_num_threads(threads)
     device = getattr(cfg, "device", "auto")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda, but CUDA is not available on this machine; use "
-                         "--device cpu or auto")
+    require_device(device)
     return init_distributed(timeout_s=getattr(cfg, "timeout", 600.0),
                             device=None if device == "auto" else device)
 

@@ -391,10 +391,17 @@ class EvalConfig:
 
         if self.threads > 0:
             torch.set_num_threads(self.threads)
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise UsageError("--device cuda, but CUDA is not available on this machine; use "
-                             "--device cpu or auto")
+        require_device(self.device)
         return torch.device("cuda" if self.device != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def require_device(device: str) -> None:
+    """One line for ``--device cuda`` on a machine without CUDA (train and eval alike)."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda, but CUDA is not available on this machine; use "
+                         "--device cpu or auto")
 
 
 def with_defaults(base, **defaults):

@@ -47,14 +47,14 @@ def load_run_weights(run, paper: str, rank0_only: bool = False) -> tuple[dict, i
     return weights, step, world
 
 
-def load_weights_into(model, weights: dict, run, what: str, strict: bool = True) -> None:
+def load_weights_into(model, weights: dict, run, what: str) -> None:
     """``model.load_state_dict(weights)``, or one line naming the run and what does not fit."""
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:                                  # a shape that does not fit
         raise UsageError(f"the checkpoint of {run} does not fit {what} as its config.json "
                          f"describes it: {str(exc).splitlines()[-1].strip()}") from None
-    if missing or (strict and unexpected):
+    if missing or unexpected:
         raise UsageError(f"the checkpoint of {run} does not fit {what} as its config.json "
                          f"describes it: missing {missing[:3]}, unexpected {unexpected[:3]} "
                          f"(is a rank's checkpoint file missing?)")
