@@ -13,6 +13,11 @@
    RowwiseParallel (proj, fc2), gloo CPU, 2 ranks, same weights and inputs: output and gradient
    parity between the two (and each against the serial block) and the forward+backward time
    ratio ours/torch.
+4. Memory per rank against the serial run / p: construction, a training step and a sharded
+   checkpoint save, every mode at 4 and 8 ranks (and 3D with ``--regather``).
+5. Overlap of the collectives with the matmuls, on and off (2D, 2.5D, 3D).
+6. The alpha-beta projection to 8, 16 and 64 GPUs under both network assumptions (a model:
+   :mod:`tensor_parallel.projection`; its assumptions are this command's flags).
 
     python -m tensor_parallel.bench            # writes tensor_parallel/results/bench_*.{csv,md}
     python -m tensor_parallel.bench --only torch_tp   # one section (here: the torch-TP table)
@@ -30,7 +35,7 @@ from pathlib import Path
 import torch
 
 from shared.bench import (PeakMemory, ResultsConfig, Timer, copy_tables_to_readme, print_rows,
-                          results_dir, time_fn, write_table)
+                          results_dir, rss_follows_tensors, time_fn, write_table)
 from shared.parallel import build_topology, spawn
 from shared.parallel.comm import raw_all_reduce
 from shared.parallel.topology import world_group
@@ -38,6 +43,7 @@ from shared.train import ConfigError, entry_point, parse_config, save_sharded
 
 from .models import GPT, GPTConfig
 from .parallel import build_grid, build_parallel, parallelize, serial_state_dict
+from .projection import NetworkFlags, projection_notes, projection_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL = dict(layer=dict(batch=8, seq=128, hidden=256, heads=8, repeat=15),
@@ -47,16 +53,17 @@ SMOKE = dict(layer=dict(batch=2, seq=8, hidden=24, heads=4, repeat=1),
 # torch-TP anchor: one block, 2 ranks, at the hidden sizes of issue 11's measurement
 FULL_TORCH_TP = dict(batch=4, seq=64, hiddens=(512, 768), heads=8, repeat=10)
 SMOKE_TORCH_TP = dict(batch=2, seq=8, hiddens=(32,), heads=4, repeat=1)
-SECTIONS = ("overhead", "steps", "torch_tp", "memory", "overlap")
+SECTIONS = ("overhead", "steps", "torch_tp", "memory", "overlap", "projection")
 # memory per rank: one fresh process per case (peak RSS is per process)
 FULL_MEMORY = dict(batch=16, seq=32, hidden=768, heads=8, layers=4, vocab=512)
 SMOKE_MEMORY = dict(batch=8, seq=8, hidden=48, heads=4, layers=1, vocab=64)
+# (ranks, mode, depth[, regather]): 3D as the papers (gathered blocks saved) and with --regather
 MEMORY_CASES = [(4, "1d", 1), (4, "2d", 1), (4, "2p5d", 1),
-                (8, "1d", 1), (8, "2p5d", 2), (8, "3d", 1)]
+                (8, "1d", 1), (8, "2p5d", 2), (8, "3d", 1), (8, "3d", 1, True)]
 SMOKE_MEMORY_CASES = [(4, "1d", 1), (4, "2d", 1)]
-# SUMMA overlap on/off: one transformer layer, 2D q=2 and 2.5D q=2 d=2
+# overlap on/off: one transformer layer, 2D q=2, 2.5D q=2 d=2 (SUMMA) and 3D q=2
 FULL_OVERLAP = dict(batch=16, seq=64, hidden=256, heads=8, repeat=10,
-                    cases=[(4, "2d", 1), (8, "2p5d", 2)])
+                    cases=[(4, "2d", 1), (8, "2p5d", 2), (8, "3d", 1)])
 SMOKE_OVERLAP = dict(batch=4, seq=8, hidden=24, heads=4, repeat=1, cases=[(4, "2d", 1)])
 SMOKE_STEP_CASES = [(4, [("1d", 1), ("2d", 1), ("2p5d", 1)])]
 STEP_CASES = [(4, [("1d", 1), ("2d", 1), ("2p5d", 1)]),
@@ -231,11 +238,12 @@ def _mib(nbytes: float) -> float:
     return nbytes / 2 ** 20
 
 
-def _memory_worker(env, mode, depth, s, shards_dir, checkpointing=False):
+def _memory_worker(env, mode, depth, s, shards_dir, checkpointing=False, regather=False):
     """Peak resident memory of one rank above the process's own base (measured first: the
     interpreter, torch, gloo), during shard-only construction, one training step (forward,
     backward, AdamW) and a sharded checkpoint save; ``mode`` "serial" = the plain GPT in one
     process. Each phase's peak includes what is already resident (the model, its state)."""
+    rss_follows_tensors()          # freed transients leave the RSS (glibc keeps them otherwise)
     torch.set_num_threads(1)
     topo = None if mode == "serial" else build_grid(mode, depth)
     sizes = dict(vocab_size=s["vocab"], heads=s["heads"])
@@ -253,6 +261,8 @@ def _memory_worker(env, mode, depth, s, shards_dir, checkpointing=False):
         with PeakMemory() as built:
             model = GPT(c) if topo is None else build_parallel(c, topo)
             model.set_checkpointing(checkpointing)
+            if topo is not None:
+                model.set_regather(regather)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         with PeakMemory() as stepped:
             model(xs, xs)[1].backward()
@@ -281,14 +291,17 @@ def memory_table(s, cases, shards_root: Path) -> list[dict]:
     serial = spawn(_memory_worker, 1, "serial", 1, s, shards_root / "serial", timeout_s=600)[0]
     phases = ("construct", "step", "save")
     rows = []
-    for world, mode, depth in [(1, "serial", 1)] + list(cases):
+    for world, mode, depth, *regather in [(1, "serial", 1)] + list(cases):
+        regather = bool(regather and regather[0])
+        tag = f"{mode}-{world}" + ("-regather" if regather else "")
         per_rank = ([serial] if mode == "serial" else
-                    spawn(_memory_worker, world, mode, depth, s, shards_root / f"{mode}-{world}",
-                          timeout_s=600))
-        ckpt = spawn(_memory_worker, world, mode, depth, s, shards_root / f"{mode}-{world}-ckpt",
-                     True, timeout_s=600)
+                    spawn(_memory_worker, world, mode, depth, s, shards_root / tag, False,
+                          regather, timeout_s=600))
+        ckpt = spawn(_memory_worker, world, mode, depth, s, shards_root / f"{tag}-ckpt",
+                     True, regather, timeout_s=600)
         top = {k: max(r[k] for r in per_rank) for k in per_rank[0]}
-        row = {"mode": f"{mode} (d={depth})" if mode == "2p5d" else mode, "ranks": world,
+        label = f"{mode} (d={depth})" if mode == "2p5d" else mode
+        row = {"mode": label + (", --regather" if regather else ""), "ranks": world,
                "base MiB": _mib(top["base"]),
                "tiny-model peaks MiB": "/".join(f"{_mib(top['fixed_' + k]):.1f}" for k in phases),
                "param+optim MiB": _mib(top["state"]),
@@ -304,7 +317,7 @@ def memory_table(s, cases, shards_root: Path) -> list[dict]:
 
 
 def _overlap_worker(env, mode, depth, s):
-    """One transformer layer, forward + backward, SUMMA overlap on and off, round-robin."""
+    """One transformer layer, forward + backward, overlap on and off, round-robin."""
     from .parallel_2d import OVERLAP
     torch.set_num_threads(1)
     topo = build_grid(mode, depth)
@@ -343,10 +356,11 @@ def overlap_gain(s) -> list[dict]:
 
 
 @dataclass
-class BenchConfig(ResultsConfig):
+class BenchConfig(NetworkFlags, ResultsConfig):
+    """The sections to run, and the projection's network assumptions."""
     only: str = ""
-    """run only these sections, comma-separated (overhead, steps, torch_tp, memory, overlap);
-    "" = all"""
+    """run only these sections, comma-separated (overhead, steps, torch_tp, memory, overlap,
+    projection); "" = all"""
 
 
 @entry_point
@@ -362,7 +376,8 @@ def main(argv=None):
     out = results_dir(RESULTS, args.out, args.smoke)
     lay, mod = sizes["layer"], sizes["model"]
     tps = SMOKE_TORCH_TP if args.smoke else FULL_TORCH_TP
-    overhead = steps = anchor = memory = overlap = None
+    cluster = args.cluster()
+    overhead = steps = anchor = memory = overlap = projection = None
     if "overhead" in only:
         overhead = layer_overhead(lay)
         write_table(out / "bench_layer_overhead", overhead,
@@ -414,7 +429,9 @@ def main(argv=None):
                            "/proc/self/clear_refs before each phase) minus the process's base "
                            "RSS measured before construction (the interpreter, torch and gloo: "
                            "the fixed overhead, in 'base MiB', not counted in the peaks); busiest "
-                           "rank; each fresh process per case",
+                           "rank; each fresh process per case; glibc's mmap threshold fixed at "
+                           "128 KiB in every process (shared.bench.rss_follows_tensors), so "
+                           "freed tensors leave the RSS instead of staying in the heap",
                            "tiny-model peaks: construct/step/save peaks of the same phases on a "
                            "1-layer model of hidden 4·heads, run (after a warm-up pass of it) "
                            "before the model in the same process: the part of each peak that does "
@@ -428,28 +445,39 @@ def main(argv=None):
                            "fresh process with --checkpoint_activations (each block keeps only "
                            "its input; the first step's peak also holds the new AdamW moments)",
                            "1D keeps activations whole on every rank (only weights are split), so "
-                           "its step peak is above serial/p by design"])
+                           "its step peak is above serial/p by design",
+                           "3d saves the gathered input and weight blocks (q× its own) for "
+                           "backward, as the papers do; '3d, --regather' gathers them again in "
+                           "backward instead (4/3 of the communication)"])
         print_rows("memory per rank", memory)
     if "overlap" in only:
         os_ = SMOKE_OVERLAP if args.smoke else FULL_OVERLAP
         overlap = overlap_gain(os_)
         write_table(out / "bench_overlap", overlap,
-                    "SUMMA with its collectives overlapped with the matmuls, and without", seed=0,
+                    "2D/2.5D (SUMMA) and 3D with their collectives overlapped with the matmuls, "
+                    "and without", seed=0,
                     notes=[f"one transformer layer, batch {os_['batch']}, seq {os_['seq']}, "
                            f"hidden {os_['hidden']}, heads {os_['heads']}; forward + backward; "
                            f"slowest rank, minimum of {os_['repeat']} round-robin rounds",
                            "overlap: asynchronous broadcasts of step t+1 posted before step t's "
                            "matmul (forward and backward), the backward's reductions waited for "
-                           "after the last step; off/on > 1 = overlap faster",
+                           "after the last step; 3D: the input and weight all-gathers posted "
+                           "together, and the backward's dX reduce-scatter run behind the dW "
+                           "matmul; off/on > 1 = overlap faster",
                            f"gloo on CPU processes sharing this machine's cores (load average "
                            f"{os.getloadavg()[0]:.1f} at the end): communication and compute "
                            f"compete for the same cores, so the gain here is small; on GPUs "
                            f"(NCCL) they run on separate engines"])
-        print_rows("SUMMA overlap", overlap)
+        print_rows("overlap", overlap)
+    if "projection" in only:
+        projection = projection_table(cluster)
+        write_table(out / "projection", projection, "Alpha-beta model projection of step time "
+                    "(MODEL PROJECTION, not a measurement)", notes=projection_notes(cluster))
+        print_rows("projection (model)", projection)
     print(f"\ntables written to {out}")
     if not args.smoke and out == RESULTS:
         copy_tables_to_readme(RESULTS.parent / "README.md", RESULTS)
-    return overhead, steps, anchor, memory, overlap
+    return overhead, steps, anchor, memory, overlap, projection
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ class Config(_Base):
     checkpoint_activations: bool = False
     """recompute each block's activations in backward instead of storing them (less memory,
     about one more forward of compute; gradients unchanged)"""
+    regather: bool = False
+    """3d: gather each Linear's input and weight blocks again in backward instead of saving the
+    gathered copies (q× less saved, 4/3 of the 3D communication); the other modes ignore it"""
     eval_batches: int = 8
     """validation loss = mean over this many fixed batches of the validation split"""
 

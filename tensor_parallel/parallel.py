@@ -447,6 +447,13 @@ class ParallelGPT(nn.Module):
         """Activation checkpointing per block; the recomputation replays the dropout streams."""
         self.gpt.set_checkpointing(on, replay_streams(self.rng))
 
+    def set_regather(self, on: bool = True) -> None:
+        """3D only (``--regather``): each Linear3D gathers its input and weight blocks again in
+        backward instead of saving the gathered copies (see :class:`.parallel_3d._Matmul3D`)."""
+        for module in self.gpt.modules():
+            if isinstance(module, Linear3D):
+                module.regather = on
+
     def forward(self, idx, targets=None):
         """idx, targets: the global batch (B, T), identical on every rank. With ``dp`` data
         replicas, replica ``d`` takes rows chunk ``d`` of ``dp``, then the grid splits them.

@@ -34,10 +34,10 @@ import torch.nn.functional as F
 
 from shared.errors import UsageError
 from shared.parallel.comm import (all_gather, copy_to_group, raw_all_gather,
-                                  reduce_scatter)
+                                  raw_reduce_scatter)
 from shared.parallel.topology import Group
 
-from .parallel_2d import dist_normalize
+from .parallel_2d import _post, dist_normalize
 
 
 @dataclass
@@ -80,6 +80,53 @@ def _gather(t: torch.Tensor, dim: int, group: Group) -> torch.Tensor:
     return raw_all_gather(t.detach(), dim, group)
 
 
+class _Matmul3D(torch.autograd.Function):
+    """``Y = reduce_scatter_out(all_gather_inp(X) · all_gather_wgt(W))`` and its adjoint.
+
+    forward: the two all-gathers are posted together, then the matmul, then the reduce-scatter.
+    backward: all-gather dY over ``out``; dX = dY·Wᵀ is reduce-scattered over ``inp`` while
+    dW = Xᵀ·dY is computed, then dW is reduce-scattered over ``wgt``.
+
+    ``regather`` False (the papers' 3D): the gathered X [b/q, s, k/q] and W [k/q, n/q] (q× the
+    local blocks) are saved for backward. True: only the local blocks are saved and backward
+    gathers them again: the saved activations and weights shrink q×, and each Linear sends
+    (q−1)(N·k + k·n)/q³ more elements per rank (4/3 of the papers' volume when N·n is small).
+    Overlap (``OVERLAP.on`` of :mod:`.parallel_2d`) off: every collective completes at once.
+    Under autocast, X and W are cast to the autocast dtype before they are sent (as in SUMMA).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, g: "Groups3D", regather: bool):
+        kind = x.device.type
+        dt = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+        ctx.in_dtypes, ctx.g, ctx.regather = (x.dtype, w.dtype), g, regather
+        x, w = x.to(dt), w.to(dt)
+        px = _post(raw_all_gather(x, 0, g.inp, async_op=True))
+        pw = _post(raw_all_gather(w, 0, g.wgt, async_op=True))
+        xg, wg = px.wait(), pw.wait()                                      # [b/q,s,k/q] [k/q,n/q]
+        ctx.save_for_backward(*((x, w) if regather else (xg, wg)))
+        with torch.autocast(kind, enabled=False):
+            return raw_reduce_scatter(torch.matmul(xg, wg), 0, g.out)
+
+    @staticmethod
+    def backward(ctx, dy):
+        g = ctx.g
+        a, b = ctx.saved_tensors
+        pdy = _post(raw_all_gather(dy.to(a.dtype), 0, g.out, async_op=True))
+        if ctx.regather:
+            pw = _post(raw_all_gather(b, 0, g.wgt, async_op=True))
+            px = _post(raw_all_gather(a, 0, g.inp, async_op=True))
+            wg, xg = pw.wait(), px
+        else:
+            xg, wg = a, b
+        dyg = pdy.wait()                                                   # [b/q, s, n/q]
+        dx = _post(raw_reduce_scatter(torch.matmul(dyg, wg.t()), 0, g.inp, async_op=True))
+        xg = xg.wait() if ctx.regather else xg
+        dw = torch.matmul(xg.reshape(-1, xg.shape[-1]).t(), dyg.reshape(-1, dyg.shape[-1]))
+        dw = raw_reduce_scatter(dw, 0, g.wgt)
+        return dx.wait().to(ctx.in_dtypes[0]), dw.to(ctx.in_dtypes[1]), None, None
+
+
 class Linear3D(nn.Module):
     """``Y = X W + b`` on the cube (layout in the module docstring)."""
 
@@ -92,17 +139,15 @@ class Linear3D(nn.Module):
         w = linear.weight.detach().t()                                     # [k, n]
         row0 = g.out.rank * kq2 * q + g.wgt.rank * kq2
         self.weight = nn.Parameter(w[row0:row0 + kq2, g.inp.rank * nq:(g.inp.rank + 1) * nq].clone())
+        self.regather = False
         self.bias = None
         if linear.bias is not None:                                        # [n/q], block inp
             self.bias = nn.Parameter(linear.bias.detach()[g.inp.rank * nq:(g.inp.rank + 1) * nq].clone())
 
     def forward(self, x):                                                  # [b/q², s, k/q]
-        g = self.g
-        xg = all_gather(x, 0, g.inp)                                       # [b/q, s, k/q]
-        wg = all_gather(self.weight, 0, g.wgt)                             # [k/q, n/q]
-        y = reduce_scatter(torch.matmul(xg, wg), 0, g.out)                 # [b/q², s, n/q]
+        y = _Matmul3D.apply(x, self.weight, self.g, self.regather)        # [b/q², s, n/q]
         if self.bias is not None:
-            y = y + copy_to_group(self.bias, g.bias)
+            y = y + copy_to_group(self.bias, self.g.bias)
         return y
 
     def serial_state(self, pick=None) -> dict:

@@ -105,6 +105,7 @@ class LMTask(Task):
         seed_everything(cfg.seed)
         self.model = build_parallel(self.gcfg, self.topo, env.device)   # only this rank's pieces
         self.model.set_checkpointing(cfg.checkpoint_activations)
+        self.model.set_regather(cfg.regather)
         self.optimizer = make_optimizer(self.model, cfg)
 
     def describe(self) -> str:

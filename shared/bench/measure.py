@@ -73,6 +73,27 @@ def _rss_now_kib() -> int | None:
     return None
 
 
+def rss_follows_tensors(threshold: int = 128 * 1024) -> bool:
+    """Make this process's resident set follow its live allocations (call it first thing in a
+    fresh process that measures :class:`PeakMemory` on CPU).
+
+    glibc serves a large block with mmap and gives it back at free, but each such free raises its
+    mmap threshold to that size (up to 32 MiB): later blocks of that size come from the heap and
+    stay resident after they are freed, so the RSS then holds the largest transients a process
+    ever freed, not its live tensors. Fixing the threshold (``mallopt(M_MMAP_THRESHOLD)``, which
+    also turns the adjustment off) keeps every block above ``threshold`` bytes mmapped. Returns
+    False where this is not glibc (nothing changed)."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_MMAP_THRESHOLD = -3
+    return bool(mallopt(M_MMAP_THRESHOLD, int(threshold)))
+
+
 class PeakMemory:
     """Peak memory of the block: the CUDA allocator's peak on a GPU device, otherwise the
     process's peak resident set (Linux: VmHWM, reset through ``/proc/self/clear_refs``).

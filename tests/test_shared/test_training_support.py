@@ -203,3 +203,30 @@ def test_copy_tables_to_readme_replaces_marked_tables_only(tmp_path):
     readme.write_text("<!-- table:t2 -->\n<!-- /table:t2 -->\n")
     with pytest.raises(FileNotFoundError, match="shows the table 't2'"):
         copy_tables_to_readme(readme, tmp_path / "results")
+
+
+_FREED_CHECK = """
+import sys, torch
+from shared.bench.measure import _rss_now_kib, rss_follows_tensors
+if sys.argv[1] == "fixed":
+    assert rss_follows_tensors()
+before = _rss_now_kib()
+for _ in range(3):                  # the first free raises glibc's dynamic mmap threshold
+    x = torch.ones(16 * 2 ** 20 // 4)
+    del x
+print((_rss_now_kib() - before) * 1024)
+"""
+
+
+def test_rss_follows_tensors_returns_freed_blocks():
+    """A freed 16 MiB tensor stays resident under glibc's dynamic threshold and leaves with the
+    fixed one (fresh processes: the test session's heap is not a clean start)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    left = {mode: int(subprocess.run([sys.executable, "-c", _FREED_CHECK, mode], check=True,
+                                     capture_output=True, text=True, cwd=root).stdout)
+            for mode in ("dynamic", "fixed")}
+    assert left["dynamic"] >= 12 * 2 ** 20, left
+    assert left["fixed"] < 4 * 2 ** 20, left

@@ -215,6 +215,31 @@ def _checkpointing_check(env, mode):
     return all(torch.equal(a, b) for a, b in zip(*runs))
 
 
+def _regather_check(env, mode):
+    """3D with ``regather`` (backward gathers X and W again instead of saving them) and with
+    overlap off gives bit-identical loss and gradients, in fp32 and under bf16 autocast."""
+    from tensor_parallel.parallel_2d import OVERLAP
+    topo = build_topology(mode)
+    pmodel = parallelize(_serial_model(), topo)
+    g = torch.Generator().manual_seed(6)
+    idx = torch.randint(0, CFG.vocab_size, (BATCH, CFG.seq_len), generator=g)
+    same = []
+    for amp in (False, True):
+        runs = []
+        for regather, overlap in ((False, True), (True, True), (True, False)):
+            pmodel.set_regather(regather)
+            OVERLAP.on = overlap
+            pmodel.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                _, loss = pmodel(idx, idx)
+            loss.backward()
+            runs.append([loss.detach()] + [p.grad.clone() for p in pmodel.parameters()])
+        OVERLAP.on = True
+        same += [all(torch.equal(a, b) for a, b in zip(runs[0], r)) for r in runs[1:]]
+    pmodel.set_regather(False)
+    return all(same)
+
+
 def _amp_check(env, mode):
     """bf16 CPU autocast of the parallel model against the fp32 serial model: loss and every
     gathered gradient, relative error (AMP_TOL)."""
@@ -271,15 +296,16 @@ def _check_world(env, cases, dropout=False, extra=(), shards_dir=None):
     losses = [_check_mode(env, *case) for case in cases]
     if shards_dir is not None:
         assert all(_reshard_check(env, shards_dir)), "resharded checkpoint differs"
-    checks = {f"{kind} {mode}": (_checkpointing_check if kind == "ckpt" else _amp_check)(env, mode)
-              for kind, mode in extra}
+    check = {"ckpt": _checkpointing_check, "amp": _amp_check, "regather": _regather_check}
+    checks = {f"{kind} {mode}": check[kind](env, mode) for kind, mode in extra}
     return losses, (_dropout_check(env) if dropout else None), checks
 
 
 @pytest.mark.parametrize("world, cases, dropout, extra", [
     (4, [("1d", 1), ("2d", 1), ("1d", 1, 2)], True,
      [("ckpt", "1d"), ("ckpt", "2d"), ("amp", "2d")]),
-    (8, [("2p5d", 2), ("3d", 1), ("2d", 1, 4)], False, [("ckpt", "3d"), ("amp", "3d")]),
+    (8, [("2p5d", 2), ("3d", 1), ("2d", 1, 4)], False,
+     [("ckpt", "3d"), ("amp", "3d"), ("regather", "3d")]),
     (9, [("2d", 1, None, CFG_Q3), ("1d", 1, 3)], False, []),
 ])
 def test_parallel_matches_serial(world, cases, dropout, extra, tmp_path):
@@ -289,8 +315,8 @@ def test_parallel_matches_serial(world, cases, dropout, extra, tmp_path):
         assert max(per_rank) - min(per_rank) <= 1e-6 * abs(per_rank[0])
     for rank, (_, _, checks) in enumerate(results):
         for name, got in checks.items():
-            if name.startswith("ckpt"):
-                assert got, f"rank {rank}: {name}: checkpointing changed loss or gradients"
+            if name.startswith(("ckpt", "regather")):
+                assert got, f"rank {rank}: {name}: changed loss or gradients"
             else:
                 bad = {k: v for k, v in got.items() if v > AMP_TOL}
                 assert not bad, f"rank {rank}: {name}: bf16 errors above {AMP_TOL}: {bad}"

@@ -11,7 +11,7 @@ from tensor_parallel.cost_model import (Cluster, layer_collectives, layer_sent_b
 
 
 def test_reproduce_smoke_measured_equals_closed_form(tmp_path):
-    cm, proj, claims = reproduce.main(["--smoke", "--out", str(tmp_path)])
+    cm, proj, claims = reproduce.main(["--smoke", "--out", str(tmp_path), "--inter_gbs", "25"])
     assert {r["mode"] for r in cm} == {"serial", "1d", "2d", "2p5d", "3d"}
     for r in cm:
         assert r["equal"] == "yes", r
@@ -20,6 +20,7 @@ def test_reproduce_smoke_measured_equals_closed_form(tmp_path):
             # each rank does 1/P of the serial FLOPs
             assert math.isclose(r["FLOP ratio"], 1.0 / r["ranks"], rel_tol=1e-9)
     assert (tmp_path / "comm_memory.md").is_file() and (tmp_path / "claims.csv").is_file()
+    assert "inter-node 25 GB/s" in (tmp_path / "claims.md").read_text()   # the flags are used
     assert all(r["paper"] > 0 and r["ours, per-GPU NIC"] > 0 and r["ours, shared NIC"] > 0
                for r in claims)
     # a shared NIC never speeds a mode up; it hurts 3D's many small groups more than 1D's ring
@@ -30,7 +31,7 @@ def test_reproduce_smoke_measured_equals_closed_form(tmp_path):
 
 
 def test_bench_smoke(tmp_path):
-    overhead, steps, anchor, memory, overlap = bench.main(["--smoke", "--out", str(tmp_path)])
+    overhead, steps, anchor, memory, overlap, proj = bench.main(["--smoke", "--out", str(tmp_path)])
     assert [r["layer"].split()[0] for r in overhead] == ["serial", "1d", "2d", "2p5d", "3d"]
     assert [(r["mode"], r["processes"]) for r in steps] == [
         ("serial", 1), ("1d", 4), ("2d", 4), ("2p5d (d=1)", 4)]
@@ -52,6 +53,9 @@ def test_bench_smoke(tmp_path):
     assert 1.0 < memory[1]["vs serial/p"] < 1.2
     assert all(r[f"{k} peak MiB"] > 0 for r in memory for k in ("construct", "step", "save"))
     assert [r["mode"] for r in overlap] == ["2d"] and overlap[0]["off/on"] > 0
+    # the projection under both network assumptions: a shared NIC never speeds a mode up
+    assert (tmp_path / "projection.md").is_file() and {r["GPUs"] for r in proj} == {8, 16, 64}
+    assert all(r["train s, shared NIC"] >= r["train s, per-GPU NIC"] for r in proj)
 
 
 def test_bench_rejects_unknown_section(tmp_path):
