@@ -286,8 +286,10 @@ def _memory_worker(env, mode, depth, s, shards_dir, checkpointing=False, regathe
     return dict(phases, state=sum(t.numel() * t.element_size() for t in tensors))
 
 
-def memory_table(s, cases, shards_root: Path) -> list[dict]:
-    """Per-rank memory of every mode against the serial run / p (see :func:`_memory_worker`)."""
+def memory_table(s, cases, shards_root: Path, with_checkpointing: bool = True) -> list[dict]:
+    """Per-rank memory of every mode against the serial run / p (see :func:`_memory_worker`),
+    and with ``with_checkpointing`` the step peak under --checkpoint_activations (one more
+    spawn per case)."""
     serial = spawn(_memory_worker, 1, "serial", 1, s, shards_root / "serial", timeout_s=600)[0]
     phases = ("construct", "step", "save")
     rows = []
@@ -297,8 +299,8 @@ def memory_table(s, cases, shards_root: Path) -> list[dict]:
         per_rank = ([serial] if mode == "serial" else
                     spawn(_memory_worker, world, mode, depth, s, shards_root / tag, False,
                           regather, timeout_s=600))
-        ckpt = spawn(_memory_worker, world, mode, depth, s, shards_root / f"{tag}-ckpt",
-                     True, regather, timeout_s=600)
+        ckpt = (spawn(_memory_worker, world, mode, depth, s, shards_root / f"{tag}-ckpt",
+                      True, regather, timeout_s=600) if with_checkpointing else None)
         top = {k: max(r[k] for r in per_rank) for k in per_rank[0]}
         label = f"{mode} (d={depth})" if mode == "2p5d" else mode
         row = {"mode": label + (", --regather" if regather else ""), "ranks": world,
@@ -310,8 +312,9 @@ def memory_table(s, cases, shards_root: Path) -> list[dict]:
             row[f"{k} peak MiB"] = _mib(top[k])
         for k in phases:
             row[f"{k} vs serial/p"] = top[k] / (serial[k] / world)
-        row["step peak MiB, checkpoint_activations"] = _mib(max(r["step"] for r in ckpt))
-        row["checkpointed/plain step"] = max(r["step"] for r in ckpt) / top["step"]
+        if ckpt:
+            row["step peak MiB, checkpoint_activations"] = _mib(max(r["step"] for r in ckpt))
+            row["checkpointed/plain step"] = max(r["step"] for r in ckpt) / top["step"]
         rows.append(row)
     return rows
 
@@ -416,7 +419,7 @@ def main(argv=None):
         ms = SMOKE_MEMORY if args.smoke else FULL_MEMORY
         with tempfile.TemporaryDirectory(prefix="tp-bench-shards-") as shards:
             memory = memory_table(ms, SMOKE_MEMORY_CASES if args.smoke else MEMORY_CASES,
-                                  Path(shards))
+                                  Path(shards), with_checkpointing=not args.smoke)
         write_table(out / "bench_memory", memory,
                     "Memory per rank against the serial run / p (shard-only construction, "
                     "sharded checkpoints)", seed=0,
