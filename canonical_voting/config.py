@@ -84,23 +84,23 @@ class Config(TrainConfig):
     augment: bool = True
     """yaw augmentation k * 90 + U(-20, 20) degrees (paper)"""
 
-    # ---- inference (canonical voting and back-projection checking)
-    n_rot: int = 120
+    # ---- inference (canonical voting and back-projection checking; defaults: DetectConfig's)
+    n_rot: int = DetectConfig.n_rot
     vote_voxel: float = 0.0
     """vote-map cell size in metres; 0 = --voxel_size"""
-    max_vote_cells: int = 1 << 25
+    max_vote_cells: int = DetectConfig.max_vote_cells
     """largest vote grid (cells) a scene may need; a larger scene is refused, naming the voxel
     size that fits"""
     vote_threshold: float = 0.0
     """smallest peak (sum of vote weights) to consider; 0 = 60 * (0.03 / voxel_size)**2"""
-    suppress_radius: int = 2
-    min_points: int = 10
-    active_weight: float = 0.3
-    active_fraction: float = 0.2
-    lcc_error: float = 0.3
-    lcc_check: bool = True
+    suppress_radius: int = DetectConfig.suppress_radius
+    min_points: int = DetectConfig.min_points
+    active_weight: float = DetectConfig.active_weight
+    active_fraction: float = DetectConfig.active_fraction
+    lcc_error: float = DetectConfig.lcc_error
+    lcc_check: bool = DetectConfig.lcc_check
     """the LCC back-projection check (canonical voting only)"""
-    nms_iou: float = 0.3
+    nms_iou: float = DetectConfig.nms_iou
     eval_scenes: int = 0
     """validation scenes evaluated; 0 = all"""
     calibrate_scenes: int = 8

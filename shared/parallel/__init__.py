@@ -2,7 +2,7 @@
 
 dist
     init_distributed, teardown, DistEnv, spawn, SpawnError, free_port, barrier,
-    is_main_process, main_guard
+    is_main_process, end_process_group
 topology (groups and coordinates for data, 1d, 2d, 2p5d, 3d, seq, expert parallelism)
     build_topology, Topology, Group, single_group, group_members, coordinates, grid_rank,
     grid_shape, check_world, MODES
@@ -20,8 +20,8 @@ from .comm import (CommDeviceError, CommMeter, Pending, check_device, group_back
                    raw_all_to_all, raw_broadcast, raw_reduce, raw_reduce_scatter, raw_ring_shift,
                    raw_split, reduce_from_group, reduce_scatter, reduce_to, reset_comm_stats,
                    ring_shift, split_to_group, total_sent_bytes)
-from .dist import (DistEnv, SpawnError, barrier, free_port, init_distributed, is_main_process,
-                   main_guard, spawn, teardown)
+from .dist import (DistEnv, SpawnError, barrier, end_process_group, free_port, init_distributed,
+                   is_main_process, spawn, teardown)
 from .seeding import RNGStreams, capture_rng_state, restore_rng_state, seed_everything
 from .topology import (MODES, Group, Topology, TopologyError, build_topology, world_group, check_world, coordinates, grid_rank,
                        grid_shape, group_members, single_group)

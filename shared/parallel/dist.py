@@ -22,7 +22,6 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import socket
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -190,6 +189,16 @@ def teardown() -> None:
             dist.destroy_process_group()
 
 
+def end_process_group() -> None:
+    """Destroy the process group without a barrier (after a failure the other ranks may be gone);
+    errors of a group that cannot tear down cleanly are ignored."""
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - a failed job may not tear down cleanly
+            pass
+
+
 def is_main_process() -> bool:
     """True on rank 0, and in a process without a process group."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -312,24 +321,3 @@ def spawn(fn, world_size: int, *args, timeout_s: float = 300.0):
     if failure is not None:
         raise SpawnError(failure)
     return [outputs[r] for r in range(world_size)]
-
-
-def main_guard(main):
-    """Decorator for ``main(argv)`` functions run under torchrun: prints the failing rank on an
-    uncaught exception (torchrun then stops the other ranks) and always tears down the group."""
-    def wrapped(*a, **kw):
-        try:
-            return main(*a, **kw)
-        except BaseException as exc:
-            if dist.is_available() and dist.is_initialized() and not isinstance(exc, SystemExit):
-                print(describe_failure(exc)[0], file=sys.stderr, flush=True)
-            raise
-        finally:
-            if dist.is_available() and dist.is_initialized():
-                try:
-                    dist.destroy_process_group()
-                except Exception:  # noqa: BLE001 - a failed job may not tear down cleanly
-                    pass
-    wrapped.__name__ = getattr(main, "__name__", "main")
-    wrapped.__doc__ = getattr(main, "__doc__", None)
-    return wrapped

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
-from ..parallel.dist import describe_failure, init_distributed
+from ..parallel.dist import describe_failure, end_process_group, init_distributed
 from .config import ConfigError, load_config, parse_config, require_device
 from .run import resolve_run
 
@@ -125,11 +125,7 @@ def entry_point(main):
                     raise SystemExit(1) from None
             raise
         finally:
-            if dist.is_available() and dist.is_initialized():
-                try:
-                    dist.destroy_process_group()
-                except Exception:  # noqa: BLE001 - a failed job may not tear down cleanly
-                    pass
+            end_process_group()
 
     wrapped.__name__ = getattr(main, "__name__", "main")
     wrapped.__doc__ = getattr(main, "__doc__", None)
