@@ -210,9 +210,8 @@ class ConAdvTask(Task):
 
     # ---- evaluation and checkpoint content
     def evaluate(self) -> dict:
-        metrics = evaluate(self.model, self.data, self.micro, self.env.device, self.data_group,
-                           ranks=(self.rank,), world=self.world)
-        return metrics
+        return evaluate(self.model, self.data, self.micro, self.env.device, self.data_group,
+                        ranks=(self.rank,), world=self.world)
 
     def state_dict(self) -> dict:
         self.collect()               # the attack in flight belongs to the checkpoint's queue

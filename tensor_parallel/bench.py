@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from shared.bench import (PeakMemory, ResultsConfig, Timer, copy_tables_to_readme, print_rows,
-                          results_dir, rss_follows_tensors, time_fn, write_table)
+from shared.bench import (PeakMemory, ResultsConfig, Timer, begin, print_rows, publish,
+                          rss_follows_tensors, time_fn, write_table)
 from shared.parallel import build_topology, spawn
 from shared.parallel.comm import raw_all_reduce
 from shared.parallel.topology import world_group
@@ -376,110 +376,109 @@ def main(argv=None):
                           f"from {', '.join(SECTIONS)}")
     sizes = SMOKE if args.smoke else FULL
     torch.set_num_threads(1)            # like every spawned rank: one thread per process
-    out = results_dir(RESULTS, args.out, args.smoke)
+    out = begin(args, RESULTS)
     lay, mod = sizes["layer"], sizes["model"]
     tps = SMOKE_TORCH_TP if args.smoke else FULL_TORCH_TP
     cluster = args.cluster()
     overhead = steps = anchor = memory = overlap = projection = None
+    paths = []
     if "overhead" in only:
         overhead = layer_overhead(lay)
-        write_table(out / "bench_layer_overhead", overhead,
-                    "Parallel transformer layer on a grid of one rank vs the serial layer",
-                    seed=0,
-                    notes=[f"one layer, batch {lay['batch']}, seq {lay['seq']}, hidden "
-                           f"{lay['hidden']}, heads {lay['heads']}, fp32 CPU, one thread; "
-                           f"minimum of {lay['repeat']} round-robin rounds"])
+        paths += write_table(out / "bench_layer_overhead", overhead,
+                             "Parallel transformer layer on a grid of one rank vs the serial layer",
+                             seed=0,
+                             notes=[f"one layer, batch {lay['batch']}, seq {lay['seq']}, hidden "
+                                    f"{lay['hidden']}, heads {lay['heads']}, fp32 CPU, one thread; "
+                                    f"minimum of {lay['repeat']} round-robin rounds"])
         print_rows("layer overhead", overhead)
     if "steps" in only:
         steps = step_times(mod, SMOKE_STEP_CASES if args.smoke else STEP_CASES)
-        write_table(out / "bench_step_times", steps,
-                    "Training-step time per mode, gloo processes on this machine", seed=0,
-                    notes=[f"tiny GPT: {mod['layers']} layers, hidden {mod['hidden']}, heads "
-                           f"{mod['heads']}, batch {mod['batch']}, seq {mod['seq']}; time of the "
-                           f"slowest rank, minimum of {mod['repeat']}; one thread per process",
-                           "all processes share this machine's cores: times show contention and "
-                           "gloo latency, not GPU scaling"])
+        paths += write_table(out / "bench_step_times", steps,
+                             "Training-step time per mode, gloo processes on this machine", seed=0,
+                             notes=[f"tiny GPT: {mod['layers']} layers, hidden {mod['hidden']}, heads "
+                                    f"{mod['heads']}, batch {mod['batch']}, seq {mod['seq']}; time of the "
+                                    f"slowest rank, minimum of {mod['repeat']}; one thread per process",
+                                    "all processes share this machine's cores: times show contention and "
+                                    "gloo latency, not GPU scaling"])
         print_rows("step times", steps)
     if "torch_tp" in only:
         anchor = torch_tp_anchor(tps)
-        write_table(out / "bench_torch_tp", anchor,
-                    "Our 1D tensor parallelism vs torch's parallelize_module (Colwise/Rowwise), "
-                    "one GPT block", seed=0,
-                    notes=[f"one pre-LN block, batch {tps['batch']}, seq {tps['seq']}, heads "
-                           f"{tps['heads']}, fp32, gloo CPU, 2 processes of one thread; same "
-                           f"weights and inputs in both",
-                           "errors: max abs difference relative to the largest magnitude of the "
-                           "second tensor; grad = max over dX and every parameter gradient "
-                           "(gathered to the full shape)",
-                           f"time: forward + backward, slowest rank, minimum of {tps['repeat']} "
-                           f"round-robin rounds; ours/torch < 1 = ours faster",
-                           "the processes share this machine's cores with other work"])
+        paths += write_table(out / "bench_torch_tp", anchor,
+                             "Our 1D tensor parallelism vs torch's parallelize_module (Colwise/Rowwise), "
+                             "one GPT block", seed=0,
+                             notes=[f"one pre-LN block, batch {tps['batch']}, seq {tps['seq']}, heads "
+                                    f"{tps['heads']}, fp32, gloo CPU, 2 processes of one thread; same "
+                                    f"weights and inputs in both",
+                                    "errors: max abs difference relative to the largest magnitude of the "
+                                    "second tensor; grad = max over dX and every parameter gradient "
+                                    "(gathered to the full shape)",
+                                    f"time: forward + backward, slowest rank, minimum of {tps['repeat']} "
+                                    f"round-robin rounds; ours/torch < 1 = ours faster",
+                                    "the processes share this machine's cores with other work"])
         print_rows("ours vs torch TP", anchor)
     if "memory" in only:
         ms = SMOKE_MEMORY if args.smoke else FULL_MEMORY
         with tempfile.TemporaryDirectory(prefix="tp-bench-shards-") as shards:
             memory = memory_table(ms, SMOKE_MEMORY_CASES if args.smoke else MEMORY_CASES,
                                   Path(shards), with_checkpointing=not args.smoke)
-        write_table(out / "bench_memory", memory,
-                    "Memory per rank against the serial run / p (shard-only construction, "
-                    "sharded checkpoints)", seed=0,
-                    notes=[f"GPT: {ms['layers']} layers, hidden {ms['hidden']}, heads "
-                           f"{ms['heads']}, vocab {ms['vocab']}, batch {ms['batch']}, seq "
-                           f"{ms['seq']}; fp32, AdamW; gloo CPU processes of one thread",
-                           "param+optim: bytes of the parameters and both AdamW moments on the "
-                           "busiest rank (exact); vs serial/p = that / (serial's / p)",
-                           "peaks: peak resident set (Linux VmHWM, reset through "
-                           "/proc/self/clear_refs before each phase) minus the process's base "
-                           "RSS measured before construction (the interpreter, torch and gloo: "
-                           "the fixed overhead, in 'base MiB', not counted in the peaks); busiest "
-                           "rank; each fresh process per case; glibc's mmap threshold fixed at "
-                           "128 KiB in every process (shared.bench.rss_follows_tensors), so "
-                           "freed tensors leave the RSS instead of staying in the heap",
-                           "tiny-model peaks: construct/step/save peaks of the same phases on a "
-                           "1-layer model of hidden 4·heads, run (after a warm-up pass of it) "
-                           "before the model in the same process: the part of each peak that does "
-                           "not shrink with the model or with p (gloo buffers, autograd and DCP "
-                           "planning); it is included in the peaks and ratios",
-                           "phases: construct = build_parallel (only this rank's pieces) + "
-                           "AdamW; step = forward, backward, AdamW step (the first, which "
-                           "allocates the moments); save = torch.distributed.checkpoint of the "
-                           "weights and moments, no gather",
-                           "checkpoint_activations: the step peak of the same case in another "
-                           "fresh process with --checkpoint_activations (each block keeps only "
-                           "its input; the first step's peak also holds the new AdamW moments)",
-                           "1D keeps activations whole on every rank (only weights are split), so "
-                           "its step peak is above serial/p by design",
-                           "3d saves the gathered input and weight blocks (q× its own) for "
-                           "backward, as the papers do; '3d, --regather' gathers them again in "
-                           "backward instead (4/3 of the communication)"])
+        paths += write_table(out / "bench_memory", memory,
+                             "Memory per rank against the serial run / p (shard-only construction, "
+                             "sharded checkpoints)", seed=0,
+                             notes=[f"GPT: {ms['layers']} layers, hidden {ms['hidden']}, heads "
+                                    f"{ms['heads']}, vocab {ms['vocab']}, batch {ms['batch']}, seq "
+                                    f"{ms['seq']}; fp32, AdamW; gloo CPU processes of one thread",
+                                    "param+optim: bytes of the parameters and both AdamW moments on the "
+                                    "busiest rank (exact); vs serial/p = that / (serial's / p)",
+                                    "peaks: peak resident set (Linux VmHWM, reset through "
+                                    "/proc/self/clear_refs before each phase) minus the process's base "
+                                    "RSS measured before construction (the interpreter, torch and gloo: "
+                                    "the fixed overhead, in 'base MiB', not counted in the peaks); busiest "
+                                    "rank; each fresh process per case; glibc's mmap threshold fixed at "
+                                    "128 KiB in every process (shared.bench.rss_follows_tensors), so "
+                                    "freed tensors leave the RSS instead of staying in the heap",
+                                    "tiny-model peaks: construct/step/save peaks of the same phases on a "
+                                    "1-layer model of hidden 4·heads, run (after a warm-up pass of it) "
+                                    "before the model in the same process: the part of each peak that does "
+                                    "not shrink with the model or with p (gloo buffers, autograd and DCP "
+                                    "planning); it is included in the peaks and ratios",
+                                    "phases: construct = build_parallel (only this rank's pieces) + "
+                                    "AdamW; step = forward, backward, AdamW step (the first, which "
+                                    "allocates the moments); save = torch.distributed.checkpoint of the "
+                                    "weights and moments, no gather",
+                                    "checkpoint_activations: the step peak of the same case in another "
+                                    "fresh process with --checkpoint_activations (each block keeps only "
+                                    "its input; the first step's peak also holds the new AdamW moments)",
+                                    "1D keeps activations whole on every rank (only weights are split), so "
+                                    "its step peak is above serial/p by design",
+                                    "3d saves the gathered input and weight blocks (q× its own) for "
+                                    "backward, as the papers do; '3d, --regather' gathers them again in "
+                                    "backward instead (4/3 of the communication)"])
         print_rows("memory per rank", memory)
     if "overlap" in only:
         os_ = SMOKE_OVERLAP if args.smoke else FULL_OVERLAP
         overlap = overlap_gain(os_)
-        write_table(out / "bench_overlap", overlap,
-                    "2D/2.5D (SUMMA) and 3D with their collectives overlapped with the matmuls, "
-                    "and without", seed=0,
-                    notes=[f"one transformer layer, batch {os_['batch']}, seq {os_['seq']}, "
-                           f"hidden {os_['hidden']}, heads {os_['heads']}; forward + backward; "
-                           f"slowest rank, minimum of {os_['repeat']} round-robin rounds",
-                           "overlap: asynchronous broadcasts of step t+1 posted before step t's "
-                           "matmul (forward and backward), the backward's reductions waited for "
-                           "after the last step; 3D: the input and weight all-gathers posted "
-                           "together, and the backward's dX reduce-scatter run behind the dW "
-                           "matmul; off/on > 1 = overlap faster",
-                           f"gloo on CPU processes sharing this machine's cores (load average "
-                           f"{os.getloadavg()[0]:.1f} at the end): communication and compute "
-                           f"compete for the same cores, so the gain here is small; on GPUs "
-                           f"(NCCL) they run on separate engines"])
+        paths += write_table(out / "bench_overlap", overlap,
+                             "2D/2.5D (SUMMA) and 3D with their collectives overlapped with the matmuls, "
+                             "and without", seed=0,
+                             notes=[f"one transformer layer, batch {os_['batch']}, seq {os_['seq']}, "
+                                    f"hidden {os_['hidden']}, heads {os_['heads']}; forward + backward; "
+                                    f"slowest rank, minimum of {os_['repeat']} round-robin rounds",
+                                    "overlap: asynchronous broadcasts of step t+1 posted before step t's "
+                                    "matmul (forward and backward), the backward's reductions waited for "
+                                    "after the last step; 3D: the input and weight all-gathers posted "
+                                    "together, and the backward's dX reduce-scatter run behind the dW "
+                                    "matmul; off/on > 1 = overlap faster",
+                                    f"gloo on CPU processes sharing this machine's cores (load average "
+                                    f"{os.getloadavg()[0]:.1f} at the end): communication and compute "
+                                    f"compete for the same cores, so the gain here is small; on GPUs "
+                                    f"(NCCL) they run on separate engines"])
         print_rows("overlap", overlap)
     if "projection" in only:
         projection = projection_table(cluster)
-        write_table(out / "projection", projection, "Alpha-beta model projection of step time "
-                    "(MODEL PROJECTION, not a measurement)", notes=projection_notes(cluster))
+        paths += write_table(out / "projection", projection, "Alpha-beta model projection of step time "
+                             "(MODEL PROJECTION, not a measurement)", notes=projection_notes(cluster))
         print_rows("projection (model)", projection)
-    print(f"\ntables written to {out}")
-    if not args.smoke and out == RESULTS:
-        copy_tables_to_readme(RESULTS.parent / "README.md", RESULTS)
+    publish(args, RESULTS, paths)
     return overhead, steps, anchor, memory, overlap, projection
 
 

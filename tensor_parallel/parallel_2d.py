@@ -125,8 +125,8 @@ class _SummaAB(torch.autograd.Function):
                                   raw_broadcast(x2, t, row, async_op=True)),  # X(r,t)
                        row.size)
         for t, (wt, xt) in enumerate(steps):
-            to_dx.append(_post(raw_reduce(torch.matmul(dy, wt.t()), t, row, async_op=True)))
-            to_dw.append(_post(raw_reduce(torch.matmul(xt.t(), dy2), t, col, async_op=True)))
+            to_dx.append(launch(raw_reduce(torch.matmul(dy, wt.t()), t, row, async_op=True)))
+            to_dw.append(launch(raw_reduce(torch.matmul(xt.t(), dy2), t, col, async_op=True)))
         dx = [p.wait() for p in to_dx][row.rank]                          # dX(r,t) on c=t
         dw = [p.wait() for p in to_dw][col.rank]                          # dW(t,c) on r=t
         return dx, dw
@@ -140,7 +140,7 @@ class _Overlap:
 OVERLAP = _Overlap()
 
 
-def _post(pending):
+def launch(pending):
     """An asynchronous collective, completed at once when overlap is off."""
     if not OVERLAP.on:
         pending.wait()
@@ -150,11 +150,11 @@ def _post(pending):
 def _steps(post, q):
     """Yield the waited results of ``post(t)`` for t = 0..q−1, posting step t+1 before
     yielding step t (double buffering) when overlap is on."""
-    nxt = [_post(p) for p in post(0)]
+    nxt = [launch(p) for p in post(0)]
     for t in range(q):
         cur = nxt
         if t + 1 < q:
-            nxt = [_post(p) for p in post(t + 1)]
+            nxt = [launch(p) for p in post(t + 1)]
         yield [p.wait() for p in cur]
 
 

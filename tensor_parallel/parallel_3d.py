@@ -37,7 +37,7 @@ from shared.parallel.comm import (all_gather, copy_to_group, raw_all_gather,
                                   raw_reduce_scatter)
 from shared.parallel.topology import Group
 
-from .parallel_2d import _post, dist_normalize
+from .parallel_2d import dist_normalize, launch
 
 
 @dataclass
@@ -101,8 +101,8 @@ class _Matmul3D(torch.autograd.Function):
         dt = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
         ctx.in_dtypes, ctx.g, ctx.regather = (x.dtype, w.dtype), g, regather
         x, w = x.to(dt), w.to(dt)
-        px = _post(raw_all_gather(x, 0, g.inp, async_op=True))
-        pw = _post(raw_all_gather(w, 0, g.wgt, async_op=True))
+        px = launch(raw_all_gather(x, 0, g.inp, async_op=True))
+        pw = launch(raw_all_gather(w, 0, g.wgt, async_op=True))
         xg, wg = px.wait(), pw.wait()                                      # [b/q,s,k/q] [k/q,n/q]
         ctx.save_for_backward(*((x, w) if regather else (xg, wg)))
         with torch.autocast(kind, enabled=False):
@@ -111,17 +111,16 @@ class _Matmul3D(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         g = ctx.g
-        a, b = ctx.saved_tensors
-        pdy = _post(raw_all_gather(dy.to(a.dtype), 0, g.out, async_op=True))
+        xg, wg = ctx.saved_tensors             # the gathered blocks, or the local ones to regather
+        pdy = launch(raw_all_gather(dy.to(xg.dtype), 0, g.out, async_op=True))
         if ctx.regather:
-            pw = _post(raw_all_gather(b, 0, g.wgt, async_op=True))
-            px = _post(raw_all_gather(a, 0, g.inp, async_op=True))
-            wg, xg = pw.wait(), px
-        else:
-            xg, wg = a, b
+            pw = launch(raw_all_gather(wg, 0, g.wgt, async_op=True))
+            px = launch(raw_all_gather(xg, 0, g.inp, async_op=True))
+            wg = pw.wait()
         dyg = pdy.wait()                                                   # [b/q, s, n/q]
-        dx = _post(raw_reduce_scatter(torch.matmul(dyg, wg.t()), 0, g.inp, async_op=True))
-        xg = xg.wait() if ctx.regather else xg
+        dx = launch(raw_reduce_scatter(torch.matmul(dyg, wg.t()), 0, g.inp, async_op=True))
+        if ctx.regather:
+            xg = px.wait()
         dw = torch.matmul(xg.reshape(-1, xg.shape[-1]).t(), dyg.reshape(-1, dyg.shape[-1]))
         dw = raw_reduce_scatter(dw, 0, g.wgt)
         return dx.wait().to(ctx.in_dtypes[0]), dw.to(ctx.in_dtypes[1]), None, None

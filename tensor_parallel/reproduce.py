@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from shared.bench import (ResultsConfig, SavedTensorBytes, copy_tables_to_readme, print_rows,
-                          results_dir, write_table)
+from shared.bench import (ResultsConfig, SavedTensorBytes, begin, print_rows, publish,
+                          write_table)
 from shared.parallel import CommMeter, build_topology, spawn
 from shared.train import entry_point, parse_config
 
@@ -209,7 +209,7 @@ def main(argv=None):
     args = parse_config(ReproduceConfig, None, argv, default_preset=None)
     cluster = args.cluster()
     sizes = SMOKE if args.smoke else FULL
-    out = results_dir(RESULTS, args.out, args.smoke)
+    out = begin(args, RESULTS)
     base, rows = measure_all(sizes, SMOKE_CASES if args.smoke else CASES)
     cm = comm_memory_table(sizes, base, rows)
     proj = projection_table(cluster)
@@ -221,32 +221,30 @@ def main(argv=None):
                   f"not count the CPU attention kernel; the projection adds 12·N·s·h for it)")
     scale = (f"scaled-down measurement: one layer, batch {sizes['batch']}, seq {sizes['seq']}, "
              f"hidden {sizes['hidden']}, heads {sizes['heads']}, fp32, gloo on CPU")
-    write_table(out / "comm_memory", cm, "Per-rank communication and memory of one transformer "
-                "layer (forward + backward)", seed=0, notes=[
-                    scale, "sent bytes: shared.parallel.comm counters (ring algorithm), busiest rank; "
-                    "closed form: tensor_parallel/cost_model.py; 'equal' = every rank's measured "
-                    "bytes and the call count match it",
-                    "saved act: distinct storages saved for backward (saved_tensors_hooks), "
-                    "parameters excluded; ratios are to the serial layer",
-                    flops_note,
-                    "max batch: largest global batch whose per-rank bytes (16 B per parameter "
-                    "element + saved activations) fit the bytes the serial layer needs at batch 16"])
-    write_table(out / "claims", claims, "Papers' headline claims beside our model projection",
-                notes=["paper: quoted from the abstracts (sources in the table); our numbers "
-                       "are an alpha-beta MODEL PROJECTION for an assumed V100 cluster and "
-                       "workload (the projection table of make bench-tensor_parallel), or "
-                       "measured bytes of a tiny layer on 4 ranks, not measurements on 64 GPUs",
-                       cluster_note(cluster),
-                       "each paper number is compared with ours of the same kind: step-time "
-                       "speedups with ratios of step times, the 2.5D weak-scaling efficiency "
-                       "with a ratio of weak-scaling efficiencies (batch grown with the GPU "
-                       "count from the 4-GPU grid; 2D and 2.5D share that base, so the ratio "
-                       "equals their step-time ratio at 64 GPUs under that workload)"])
+    paths = write_table(out / "comm_memory", cm, "Per-rank communication and memory of one transformer "
+                        "layer (forward + backward)", seed=0, notes=[
+                            scale, "sent bytes: shared.parallel.comm counters (ring algorithm), busiest rank; "
+                            "closed form: tensor_parallel/cost_model.py; 'equal' = every rank's measured "
+                            "bytes and the call count match it",
+                            "saved act: distinct storages saved for backward (saved_tensors_hooks), "
+                            "parameters excluded; ratios are to the serial layer",
+                            flops_note,
+                            "max batch: largest global batch whose per-rank bytes (16 B per parameter "
+                            "element + saved activations) fit the bytes the serial layer needs at batch 16"])
+    paths += write_table(out / "claims", claims, "Papers' headline claims beside our model projection",
+                         notes=["paper: quoted from the abstracts (sources in the table); our numbers "
+                                "are an alpha-beta MODEL PROJECTION for an assumed V100 cluster and "
+                                "workload (the projection table of make bench-tensor_parallel), or "
+                                "measured bytes of a tiny layer on 4 ranks, not measurements on 64 GPUs",
+                                cluster_note(cluster),
+                                "each paper number is compared with ours of the same kind: step-time "
+                                "speedups with ratios of step times, the 2.5D weak-scaling efficiency "
+                                "with a ratio of weak-scaling efficiencies (batch grown with the GPU "
+                                "count from the 4-GPU grid; 2D and 2.5D share that base, so the ratio "
+                                "equals their step-time ratio at 64 GPUs under that workload)"])
     for name, t in (("comm_memory", cm), ("claims", claims)):
         print_rows(name, t)
-    print(f"\ntables written to {out}")
-    if not args.smoke and out == RESULTS:
-        copy_tables_to_readme(RESULTS.parent / "README.md", RESULTS)
+    publish(args, RESULTS, paths)
     bad = [r for r in cm if r["equal"] != "yes"]
     if bad:
         raise SystemExit(f"measured communication differs from the closed form for "
